@@ -14,6 +14,7 @@ sample without coordination, and a seed reproduces a dataset exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -332,13 +333,17 @@ def make_sample(index: int, seed: int = 0, size: int = NATIVE_SIZE, split: str =
 
 def iter_samples(n: int | None = None, seed: int = 0, size: int = NATIVE_SIZE, split: str = "train",
                  start: int = 0, step: int = 1, paraphrase_prob: float = 0.5) -> Iterator[Sample]:
-    """Samples start, start+step, ... (n of them, or forever): `step` lets ranks/workers take disjoint slices."""
-    i = start
-    count = 0
-    while n is None or count < n:
-        yield make_sample(i, seed, size, split, paraphrase_prob)
-        i += step
-        count += 1
+    """Samples start, start+step, ... (n of them, or forever): `step` lets ranks/workers take disjoint slices.
+
+    Arguments are checked here, before the first sample is asked for, so a bad size or split fails before
+    any output file is opened.
+    """
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"shapes renders at {MIN_SIZE}..{MAX_SIZE} px, got {size}; pick a size in that range")
+    if split not in SPLITS:
+        raise UserError(f"unknown shapes split {split!r}; use one of {', '.join(SPLITS)}")
+    return (make_sample(start + k * step, seed, size, split, paraphrase_prob)
+            for k in (range(n) if n is not None else itertools.count()))
 
 
 def render_prompt(prompt: str, seed: int = 0, size: int = NATIVE_SIZE) -> tuple[Image.Image, dict]:
