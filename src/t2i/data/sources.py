@@ -386,6 +386,7 @@ def open_source(
     n: int | None = None,
     split: str = "train",
     stats: SkipStats | None = None,
+    start: int = 0,
 ) -> Iterator[Sample]:
     """Every source as one stream of RGB `resolution`-square samples, so no caller cares where data lives.
 
@@ -393,6 +394,8 @@ def open_source(
     the DataLoader worker is looked up when iteration starts, in the process that iterates. `n` is a total
     over all consumers (each yields its share), so it means the same on 1 or 8 GPUs. `shuffle` is a buffer
     size and also shuffles the unit order; 0 keeps source order. Skips are counted in `stats` and logged.
+    `start` skips that many records of this consumer's stream before decoding any (shapes jumps straight
+    there): a resumed training run continues with the data it would have seen.
     """
     if shuffle < 0:
         raise UserError(f"shuffle is a buffer size (0 = off), got {shuffle}")
@@ -404,7 +407,7 @@ def open_source(
         worker = torch.utils.data.get_worker_info()
         num_workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         consumers, me = world_size * num_workers, rank * num_workers + worker_id
-        share = None if n is None else n // consumers + (me < n % consumers)
+        share = None if n is None else max(n // consumers + (me < n % consumers) - start, 0)
         units = list(plan.units)
         if shuffle > 0:
             random.Random(seed).shuffle(units)  # the same permutation on every consumer
@@ -412,10 +415,12 @@ def open_source(
         records: Iterable[_Record] = chain.from_iterable(
             map(plan.read, units[me::consumers] if by_unit else units)
         )
-        if consumers > 1 and plan.read_slice is not None:
-            records = plan.read_slice(me, consumers, share)
-        elif consumers > 1 and not by_unit:
-            records = islice(records, me, None, consumers)
+        if plan.read_slice is not None:
+            records = plan.read_slice(me + start * consumers, consumers, share)
+        else:
+            if consumers > 1 and not by_unit:
+                records = islice(records, me, None, consumers)
+            records = islice(records, start, None)
         samples = _load(records, resolution, stats)
         if shuffle > 0:
             samples = _shuffled(samples, shuffle, random.Random(seed * 1_000_003 + me))

@@ -1,0 +1,111 @@
+"""The one attention module every model in t2i uses: self, causal, cross, masked and cached.
+
+Every family needs attention in a slightly different shape -- bidirectional over text (text encoders),
+cross-attention from image tokens to text tokens (UNets), causal with a KV cache (DALL-E, Parti) -- and
+keeping a single implementation means one place to get masking right. The math is always
+``softmax(q k^T / sqrt(d_head) + mask) v`` done by `F.scaled_dot_product_attention`, which picks a fused
+kernel where it can and follows the inputs' device and dtype (so it works under autocast).
+
+Masks are boolean with True = attend. Two kinds combine:
+
+* a key padding mask (B, Lk): which keys exist (text padding, or padding of the decoded sequence);
+* the causal mask, aligned to the *end* of the key sequence, so a query block that is a suffix of the
+  sequence (incremental decoding with a `KVCache`) sees exactly the keys at or before its own position.
+
+A query row whose keys are all masked would be a softmax over nothing (NaN); such rows output zeros, so
+the residual stream passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class KVCache:
+    """Keys and values (B, heads, L, d_head) of one self-attention layer for the tokens seen so far.
+
+    Pass the same cache to every call while decoding: each call appends its new keys/values and attends
+    to everything cached. A decoder keeps one cache per layer (``[KVCache() for _ in blocks]``).
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """How many positions are cached (the position of the next token)."""
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new positions and return all keys and values so far."""
+        if self.k is None or self.v is None:
+            self.k, self.v = k, v
+        else:
+            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self-attention on x, or cross-attention from x to `context`.
+
+    `context_dim` sets the width of the context (default: same as x). `causal` applies to self-attention
+    only. Heads split `dim` evenly.
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, causal: bool = False,
+                 bias: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads, self.causal = heads, causal
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
+        self.to_out = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """x (B, Lq, dim) -> (B, Lq, dim).
+
+        context: (B, Lc, context_dim) to cross-attend to; None for self-attention.
+        context_mask: (B, Lk) bool, True = keep, over the keys -- the context tokens, or in self-attention
+            x's own tokens (all of them, cached ones included, when a cache is used).
+        cache: self-attention only; x's keys/values are appended to it and x attends to all of it, with
+            x taken to be the last Lq positions of the sequence.
+        """
+        if context is not None and (self.causal or cache is not None):
+            raise ValueError("causal masking and KV caching apply to self-attention only")
+        b, lq, dim = x.shape
+        q = self.to_q(x)
+        k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
+        q, k, v = (t.reshape(b, -1, self.heads, dim // self.heads).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.append(k, v)
+        lk = k.shape[2]
+
+        mask = None
+        if context_mask is not None:
+            if context_mask.shape != (b, lk):
+                raise ValueError(f"key mask has shape {tuple(context_mask.shape)}, expected {(b, lk)}")
+            mask = context_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk)
+        # Fast path: a square causal pass with no padding lets the kernel build the mask itself.
+        fused_causal = self.causal and lq == lk and mask is None
+        if self.causal and not fused_causal and lq > 1:
+            # Query i sits at position (lk - lq + i): it may see keys up to and including that position.
+            causal = torch.ones(lq, lk, dtype=torch.bool, device=x.device).tril(diagonal=lk - lq)
+            mask = causal if mask is None else mask & causal
+        dead = None
+        if mask is not None:
+            dead = ~mask.any(dim=-1, keepdim=True)  # rows with nothing to attend to
+            mask = mask | dead
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=fused_causal)
+        if dead is not None:
+            out = out.masked_fill(dead, 0.0)
+        return self.to_out(out.transpose(1, 2).reshape(b, lq, dim))

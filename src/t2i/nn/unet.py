@@ -1,0 +1,116 @@
+"""The text-conditioned UNet of Latent Diffusion (and, at pixel level, of GLIDE / Imagen / DALL-E 2).
+
+Encoder: at each resolution level, `num_res_blocks` ResBlocks (each followed by a SpatialTransformer at
+the `attention_levels`), then a stride-2 downsample (except at the last level). Middle: ResBlock,
+SpatialTransformer, ResBlock. Decoder: the mirror image with one more ResBlock per level, each one
+concatenating the matching encoder activation (the skip connections carry fine detail past the
+bottleneck). The time embedding conditions every ResBlock; text tokens condition every SpatialTransformer
+through cross-attention. The output conv starts at zero, so a fresh model predicts exactly 0 -- the mean
+of any of the diffusion targets -- and training starts from a sensible place.
+
+`t` is whatever float the caller's schedule uses (t2i passes t in [0, 1]); the UNet only embeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from t2i.nn.blocks import Downsample, ResBlock, SpatialTransformer, Upsample, group_norm
+from t2i.nn.embeddings import TimestepEmbedding
+
+
+@dataclass
+class UNetConfig:
+    """Widths are ``channels * channel_mult[level]``; level i works at 1 / 2**i of the input resolution."""
+
+    in_channels: int
+    out_channels: int
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (1,)
+    heads: int = 4
+    context_dim: int | None = None  # width of the text tokens to cross-attend to; None = unconditional
+    dropout: float = 0.0
+
+
+class _Stage(nn.Module):
+    """One ResBlock, followed by a SpatialTransformer at attention levels."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, attn: bool, cfg: UNetConfig):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
+        self.attn = SpatialTransformer(out_ch, cfg.heads, cfg.context_dim) if attn else None
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        x = self.res(x, emb)
+        return x if self.attn is None else self.attn(x, context, context_mask)
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch, levels = cfg.channels, len(cfg.channel_mult)
+        emb_dim = 4 * ch
+        self.time_embed = TimestepEmbedding(ch, emb_dim)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips = [ch]  # channels of each activation the decoder will concatenate
+        width = ch
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(_Stage(width, ch * mult, emb_dim, level in cfg.attention_levels, cfg))
+                width = ch * mult
+                skips.append(width)
+            if level < levels - 1:
+                self.down.append(Downsample(width))
+                skips.append(width)
+
+        self.mid = nn.ModuleList([_Stage(width, width, emb_dim, True, cfg), _Stage(width, width, emb_dim, False, cfg)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(_Stage(width + skips.pop(), ch * mult, emb_dim, level in cfg.attention_levels, cfg))
+                width = ch * mult
+            if level > 0:
+                self.up.append(Upsample(width))
+
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, cfg.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W), t (B,) or scalar float, context (B, L, context_dim), context_mask (B, L) bool.
+
+        H and W must be divisible by 2**(len(channel_mult) - 1) so the skips line up.
+        """
+        if context is not None and self.cfg.context_dim is None:
+            raise ValueError("context given to a UNet built without context_dim")
+        factor = 2 ** (len(self.cfg.channel_mult) - 1)
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is not divisible by the UNet's downsampling {factor}")
+        t = torch.as_tensor(t, device=x.device)
+        emb = self.time_embed(t.expand(x.shape[0]) if t.ndim == 0 else t)
+
+        h = self.conv_in(x)
+        hs = [h]
+        for m in self.down:
+            h = m(h, emb, context, context_mask) if isinstance(m, _Stage) else m(h)
+            hs.append(h)
+        for m in self.mid:
+            h = m(h, emb, context, context_mask)
+        for m in self.up:
+            if isinstance(m, _Stage):
+                h = m(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+            else:
+                h = m(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
