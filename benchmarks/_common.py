@@ -38,7 +38,8 @@ def machine() -> str:
 
 def record(title: str, rows: list[str], save: bool) -> None:
     """Print a result block; with `save`, append it to benchmarks/RESULTS.md as measured."""
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve().relative_to(Path(__file__).resolve().parent.parent)
+    cmd = ".venv/bin/python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
     block = [f"### {title}", "", f"- command: `{cmd}`", f"- machine: {machine()}",
              f"- date: {_dt.date.today().isoformat()}", "", *rows, ""]
     text = "\n".join(block)
