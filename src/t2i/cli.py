@@ -68,6 +68,88 @@ def cmd_bench_score(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.dir) / 'shapesbench.json'}")
 
 
+# ------------------------------------------------------------------------------------------ models
+def cmd_train(args: argparse.Namespace) -> None:
+    from t2i.api import train
+
+    if not args.resume and not args.family:
+        raise UserError("--family is required for a new run (e.g. --family ldm); --resume reads it from the run")
+    out = train(args.family, args.out, preset=args.preset, data=args.data, overrides=args.set,
+                resume=args.resume, progress=not args.quiet)
+    print(f"run complete: {out} (try: t2i generate {out} \"a red circle\" --out grid.png)")
+
+
+def _read_prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompts file {p} not found; write one prompt per line (t2i bench prompts --out {p})")
+    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts file {p} has no prompts")
+    return prompts
+
+
+def _generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespace, init=None):
+    from tqdm import tqdm
+
+    images = []
+    bs = args.batch_size
+    for i in tqdm(range(0, len(prompts), bs), desc="generating", unit="batch", disable=args.quiet):
+        images += pipe(prompts[i:i + bs], steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                       seeds=seeds[i:i + bs], init_image=init, strength=args.strength)
+    return images
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import t2i
+    from t2i.data.sample import Sample
+    from t2i.data.sources import preview_grid
+    from t2i.eval.shapesbench import write_images
+
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise UserError("give a prompt or --prompts-file (not both)")
+    if args.n < 1 or args.per_prompt < 1:
+        raise UserError("-n and --per-prompt must be at least 1")
+    init = None
+    if args.init_image:
+        from PIL import Image
+
+        try:
+            with Image.open(args.init_image) as im:
+                init = im.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read --init-image {args.init_image}: {e}") from None
+    from t2i.diffusion.generate import check_options
+
+    check_options(1 if args.steps is None else args.steps, 1.0 if args.guidance is None else args.guidance,
+                  args.sampler or "ddim", args.strength)
+    pipe = t2i.load(args.run)
+    if args.prompts_file:
+        prompts = [p for p in _read_prompts(args.prompts_file) for _ in range(args.per_prompt)]
+        seeds = [args.seed + i for i in range(len(prompts))]
+        images = _generate(pipe, prompts, seeds, args, init)
+        n = write_images(args.out, zip(images, prompts, seeds, strict=True))
+        print(f"wrote {n} images and index.jsonl to {args.out} (score: t2i bench score {args.out})")
+        return
+    prompts = [args.prompt] * args.n
+    images = _generate(pipe, prompts, [args.seed + i for i in range(args.n)], args, init)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.n == 1:
+        images[0].save(out)
+    else:
+        preview_grid([Sample(im, f"seed {args.seed + i}") for i, im in enumerate(images)],
+                     cols=min(args.n, 8)).save(out)
+    print(f"wrote {out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from t2i.eval.runs import evaluate
+
+    evaluate(args.run, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+             limit=args.n, batch_size=args.batch_size, progress=not args.quiet, out_name=args.name)
+
+
 # ------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job on the embedded dataset. Until a model family lands: data, preview, ground-truth score."""
@@ -134,6 +216,44 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("dir")
     bs.add_argument("-q", "--quiet", action="store_true")
     bs.set_defaults(func=cmd_bench_score)
+
+    t = sub.add_parser("train", help="train a model family from scratch (all stages, resumable)")
+    t.add_argument("--family", help="model family, e.g. ldm")
+    t.add_argument("--preset", help="a preset name (e.g. quick) or a YAML file")
+    t.add_argument("--data", help="data source (default: the preset's, usually shapes)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=200 (repeatable)")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    def sampling(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+        q.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+        q.add_argument("--sampler", help="ddpm | ddim | euler | heun | dpmpp-2m")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("-q", "--quiet", action="store_true")
+
+    g = sub.add_parser("generate", help="images from a trained run")
+    g.add_argument("run")
+    g.add_argument("prompt", nargs="?")
+    g.add_argument("-n", type=int, default=1, help="images for the prompt (a grid when > 1)")
+    g.add_argument("--prompts-file", help="one prompt per line; writes a ShapesBench folder to --out")
+    g.add_argument("--per-prompt", type=int, default=1)
+    g.add_argument("--init-image", help="img2img: start from this image")
+    g.add_argument("--strength", type=float, default=0.6, help="img2img: fraction of the noise schedule to run")
+    g.add_argument("--out", required=True)
+    sampling(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="generate the ShapesBench prompts with a run and score them")
+    e.add_argument("run")
+    e.add_argument("--n", type=int, help="score only the first N prompts (quick look)")
+    e.add_argument("--name", default="shapesbench", help="folder under RUN/eval/")
+    sampling(e)
+    e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job on the embedded dataset (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo")

@@ -1,0 +1,72 @@
+"""Text-conditioned sampling shared by every diffusion family: guidance, sigmas, img2img, seeds.
+
+A family supplies its network as ``net(x_t, t, **cond)``, the schedule and target it was trained with, and
+the conditional / unconditional keyword arguments; this turns them into images (or latents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from t2i.diffusion.guidance import CFGDenoiser
+from t2i.diffusion.objectives import Denoiser
+from t2i.diffusion.samplers import get_sampler
+from t2i.diffusion.schedules import Schedule, schedule_sigmas
+from t2i.errors import UserError
+
+
+@dataclass
+class SampleConfig:
+    """Sampling defaults stored with a run; every one can be overridden per call."""
+
+    steps: int = 20
+    sampler: str = "dpmpp-2m"
+    guidance: float = 4.0
+    spacing: str = "karras"
+    t_max: float | None = None  # cap the starting noise level (karras over cosine's full range wastes steps)
+    threshold: float | None = None  # dynamic thresholding percentile (pixel-space models)
+
+
+def check_options(steps: int, guidance: float, sampler: str, strength: float = 1.0) -> None:
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if guidance < 0:
+        raise UserError(f"--guidance must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance}")
+    if not 0 < strength <= 1:
+        raise UserError(f"--strength must be in (0, 1], got {strength}")
+    get_sampler(sampler)
+
+
+def noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> Tensor:
+    """Per-image start noise from per-image seeds: an image depends on its seed, not on its batch."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+
+
+@torch.no_grad()
+def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seeds: list[int],
+            shape: tuple[int, ...], cond: dict[str, Any], uncond: dict[str, Any], cfg: SampleConfig,
+            init: Tensor | None = None, strength: float = 1.0, device: torch.device | None = None,
+            callback: Callable[[dict], None] | None = None) -> Tensor:
+    """Sample x0 for a batch (one seed per item). With `init` (clean x0), start part-way: img2img/SDEdit.
+
+    `strength` is the fraction of the noise schedule to run: 1 ignores `init`, 0.3 keeps most of it.
+    """
+    check_options(cfg.steps, cfg.guidance, cfg.sampler, strength)
+    device = device or torch.device("cpu")
+    sigmas = schedule_sigmas(schedule, cfg.steps, cfg.spacing, t_max=cfg.t_max).to(device, torch.float32)
+    eps = noise(shape, seeds, device)
+    if init is not None and strength < 1:
+        first = min(round(cfg.steps * (1 - strength)), cfg.steps - 1)
+        sigmas = sigmas[first:]
+        x = init.to(device) + eps * sigmas[0]
+    else:
+        x = eps * sigmas[0]
+    model = CFGDenoiser(Denoiser(net, schedule, objective), cfg.guidance, cfg.threshold)
+    gen = torch.Generator(device).manual_seed(seeds[0] * 7919 + 1)  # ancestral samplers' noise
+    return get_sampler(cfg.sampler)(model, x, sigmas, extra_args={"cond": cond, "uncond": uncond},
+                                    callback=callback, disable=True, generator=gen)

@@ -1,0 +1,1 @@
+"""Training: the one trainer, DDP setup, and the run directory."""

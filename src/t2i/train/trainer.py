@@ -1,0 +1,279 @@
+"""The one trainer every family uses: a stage is an `nn.Module` whose forward(batch, generator) returns losses.
+
+What it owns, so no family re-implements it: bf16 autocast (CPU and CUDA) and channels_last, AdamW with
+warmup + cosine/constant LR, gradient clipping and accumulation, EMA weights, DDP under `torchrun`,
+checkpoints (EMA weights as safetensors per part, everything else in `train_state.pt`) with exact resume,
+a progress bar with loss / it/s / ETA, `log.csv`, optional TensorBoard, sample grids, and a NaN guard that
+stops without overwriting the last good checkpoint.
+
+Exact resume: the online weights, optimizer, EMA, step, the noise generator's state and the number of
+samples consumed are saved together; the data factory is asked to start where the run left off, so an
+interrupted run continues with the same batches and the same noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from t2i.errors import UserError
+from t2i.train import dist
+
+
+@dataclass
+class TrainConfig:
+    """One stage's optimisation settings. `batch_size` is global: DDP ranks split it."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 50
+    lr_schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 disables EMA (the saved weights are then the online ones)
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    channels_last: bool = True
+    ckpt_every: int = 200
+    sample_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    tensorboard: bool = False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays (CPUs with AVX-512 BF16 / AMX, Ampere+ GPUs), else fp32."""
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16"):
+        raise UserError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    cap = torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if "AVX512" in cap.upper() or "AMX" in cap.upper() else None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule != "cosine":
+        raise UserError(f"lr_schedule must be cosine or constant, got {cfg.lr_schedule!r}")
+    progress = min((step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1), 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Trainer:
+    """Trains one stage of a run. `parts` names the submodules saved as `<name>.safetensors` (EMA weights).
+
+    `data(start)` returns an iterator of per-rank batches (dicts of tensors) beginning after `start` samples
+    of this rank's stream; `sample(ema_model, step)` returns a PIL image saved under samples/.
+    """
+
+    def __init__(self, stage: str, model: nn.Module, cfg: TrainConfig, run_dir: str | Path,
+                 parts: dict[str, str], data: Callable[[int], Iterator[dict[str, Any]]],
+                 sample: Callable[[nn.Module, int], Any] | None = None, progress: bool = True,
+                 device: torch.device | None = None) -> None:
+        self.stage, self.cfg, self.dir = stage, cfg, Path(run_dir)
+        self.parts, self.data_fn, self.sample_fn, self.progress = parts, data, sample, progress
+        self.device = device or dist.device()
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise UserError(f"batch_size {cfg.batch_size} must divide by world_size x grad_accum = "
+                            f"{self.world} x {cfg.grad_accum}")
+        self.micro = cfg.batch_size // (self.world * cfg.grad_accum)
+        self.amp = autocast_dtype(cfg.precision, self.device)
+        model = model.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+                    if self.world > 1 else model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.lr, betas=(0.9, cfg.beta2))
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
+        self.step, self.samples_seen, self.elapsed = 0, 0, 0.0
+        self.state_path = self.dir / "train_state.pt"
+
+    # ------------------------------------------------------------------------------------- checkpoint
+    def _ema_update(self) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        pairs = [(e, p.detach()) for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True)
+                 if p.requires_grad]
+        torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def inference_model(self) -> nn.Module:
+        return self.ema if self.ema is not None else self.model
+
+    def save_parts(self) -> None:
+        src = self.inference_model()
+        for name, attr in self.parts.items():
+            module = src.get_submodule(attr)
+            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            tmp = self.dir / f".{name}.safetensors.tmp"
+            save_file(tensors, str(tmp))
+            tmp.replace(self.dir / f"{name}.safetensors")
+
+    def save(self) -> None:
+        """Atomic: a crash mid-save leaves the previous checkpoint intact."""
+        if self.rank != 0:
+            return
+        self.save_parts()
+        state = {
+            "stage": self.stage, "step": self.step, "samples_seen": self.samples_seen, "elapsed": self.elapsed,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "generator": self.gen.get_state(), "world_size": self.world,
+        }
+        tmp = self.dir / ".train_state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.state_path)
+
+    def load(self) -> bool:
+        """Resume from train_state.pt if it belongs to this stage; returns whether it did."""
+        if not self.state_path.is_file():
+            return False
+        try:
+            state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise UserError(f"{self.state_path} is unreadable ({e}); delete it to restart this stage") from None
+        if state.get("stage") != self.stage:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.gen.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.step, self.samples_seen, self.elapsed = state["step"], state["samples_seen"], state["elapsed"]
+        if state.get("world_size", 1) != self.world:
+            print(f"note: resuming a {state.get('world_size')}-process run on {self.world}; data order changes")
+        return True
+
+    # ------------------------------------------------------------------------------------------- loop
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if self.cfg.channels_last and v.ndim == 4:
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def _log(self, row: dict[str, Any]) -> None:
+        path = self.dir / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def fit(self) -> dict[str, float]:
+        """Train to cfg.steps (continuing a checkpoint of this stage if one exists); returns final losses."""
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.load()
+        data = self.data_fn(self.samples_seen // self.world)
+        writer = None
+        if cfg.tensorboard and self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.dir / "tb"))
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage, unit="it", dynamic_ncols=True,
+                   disable=not self.progress or self.rank != 0)
+        if resumed and self.rank == 0:
+            bar.write(f"{self.stage}: resumed at step {self.step}")
+        last: dict[str, float] = {}
+        t_window, n_window = time.perf_counter(), 0
+        self.model.train()
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(self.step, cfg)
+            totals: dict[str, float] = {}
+            for _ in range(cfg.grad_accum):
+                batch = self._to_device(next(data))
+                with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    losses = self.ddp(batch, generator=self.gen)
+                loss = losses["loss"].float()
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise UserError(
+                        f"{self.stage}: loss became {loss.item()} at step {self.step}; stopped without saving, "
+                        f"the last good checkpoint is kept in {self.dir} (lower train.lr or check the data)")
+                (loss / cfg.grad_accum).backward()
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+            if cfg.grad_clip > 0:
+                totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.step += 1
+            self.samples_seen += cfg.batch_size
+            self._ema_update()
+            self.elapsed += time.perf_counter() - t0
+            n_window += 1
+            last = totals
+            bar.update(1)
+            bar.set_postfix(loss=f"{totals['loss']:.4f}", lr=f"{lr_at(self.step - 1, cfg):.1e}")
+            if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                now = time.perf_counter()
+                row = {"stage": self.stage, "step": self.step, "samples": self.samples_seen,
+                       "elapsed_s": round(self.elapsed, 2), "lr": lr_at(self.step - 1, cfg),
+                       "it_per_s": round(n_window / (now - t_window), 3),
+                       **{k: round(v, 6) for k, v in totals.items()}}
+                self._log(row)
+                if writer is not None:
+                    for k, v in totals.items():
+                        writer.add_scalar(f"{self.stage}/{k}", v, self.step)
+                t_window, n_window = now, 0
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save()
+            if self.sample_fn is not None and cfg.sample_every and self.rank == 0 and (
+                    self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                self._sample()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return last
+
+    def _sample(self) -> None:
+        model = self.inference_model()
+        was_training = model.training
+        model.eval()
+        image = self.sample_fn(model, self.step)
+        model.train(was_training)
+        out = self.dir / "samples"
+        out.mkdir(exist_ok=True)
+        image.save(out / f"{self.stage}_{self.step:06d}.png")
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
