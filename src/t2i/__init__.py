@@ -3,6 +3,9 @@
     import t2i
     pipe = t2i.load("runs/ldm-quick")
     images = pipe(["a red circle left of a blue square"], steps=20, guidance=4, seed=0)
+
+Training from Python: `t2i.api.train("ldm", "runs/x", preset="quick")` (the `t2i.train` package holds the
+trainer itself).
 """
 
 from typing import Any
@@ -16,9 +19,3 @@ def load(run: str) -> Any:
 
     return _load(run)
 
-
-def train(family: str, out: str, **kwargs: Any) -> Any:
-    """Train a family into `out`; see `t2i.api.train` for the options."""
-    from t2i.api import train as _train
-
-    return _train(family, out, **kwargs)

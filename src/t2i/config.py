@@ -58,8 +58,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return tuple(_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict or tp is Any or origin is list:
         return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise UserError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise UserError(f"{where}: expected {tp.__name__}, got {value!r}")
     if tp is int and isinstance(value, bool):

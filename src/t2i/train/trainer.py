@@ -230,7 +230,7 @@ class Trainer:
                         f"the last good checkpoint is kept in {self.dir} (lower train.lr or check the data)")
                 (loss / cfg.grad_accum).backward()
                 for k, v in losses.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
             if cfg.grad_clip > 0:
                 totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.opt.step()
@@ -262,6 +262,8 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
+        if not resumed and self.step == 0:
+            self.save()  # a zero-step stage still leaves its (initial) parts, so the run is loadable
         return last
 
     def _sample(self) -> None:

@@ -1,0 +1,115 @@
+"""The LDM family end to end at toy size: train (all stages), resume, generate, img2img, eval, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import t2i
+from t2i.api import train
+from t2i.errors import UserError
+from t2i.train.run import read_meta, write_meta
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "t2i.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ldm") / "run"
+    train("ldm", str(out), preset="tiny", progress=False)
+    return out
+
+
+def test_run_directory_layout(run):
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "run.json", "tokenizer.json", "autoencoder.safetensors", "denoiser.safetensors",
+            "train_state.pt", "log.csv", "samples"} <= names
+    meta = read_meta(run)
+    assert meta["family"] == "ldm" and meta["stages_done"] == ["tokenizer", "autoencoder", "diffusion"]
+    assert meta["latent_scale"] > 0
+    assert {p.name for p in (run / "samples").iterdir()} == {"autoencoder_000004.png", "diffusion_000006.png"}
+
+
+def test_generate_is_seeded_and_batch_independent(run):
+    pipe = t2i.load(str(run))
+    a = pipe(["a red circle", "two blue squares"], steps=3, seed=5)
+    b = pipe(["two blue squares"], steps=3, seeds=[6])
+    assert a[0].size == (64, 64) and a[0].mode == "RGB"
+    assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))  # image depends on its seed, not its batch
+    c = pipe(["a red circle"], steps=3, seed=99)
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+    for sampler in ["ddpm", "ddim", "euler", "heun", "dpmpp-2m"]:
+        assert len(pipe([""], steps=2, sampler=sampler, guidance=1.0)) == 1  # empty prompt = unconditional
+
+
+def test_img2img_keeps_the_init_at_low_strength(run):
+    pipe = t2i.load(str(run))
+    init = pipe(["a red circle"], steps=3, seed=1)[0]
+    near = pipe(["a red circle"], steps=10, seed=2, init_image=init, strength=0.1)[0]
+    far = pipe(["a red circle"], steps=10, seed=2)[0]
+    d_near = np.abs(np.asarray(near, float) - np.asarray(init, float)).mean()
+    d_far = np.abs(np.asarray(far, float) - np.asarray(init, float)).mean()
+    assert d_near < d_far
+
+
+def test_cli_generate_grid_and_contract_folder(run, tmp_path):
+    r = cli("generate", run, "a red circle left of a blue square", "-n", 3, "--steps", 2, "--out", tmp_path / "g.png", "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.png").is_file()
+    (tmp_path / "p.txt").write_text("a red circle\nthree green squares\n")
+    r = cli("generate", run, "--prompts-file", tmp_path / "p.txt", "--per-prompt", 2, "--steps", 2,
+            "--out", tmp_path / "d", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "d" / "index.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == ["a red circle"] * 2 + ["three green squares"] * 2
+    assert len({row["seed"] for row in rows}) == 4
+
+
+def test_cli_eval_writes_scores(run):
+    r = cli("eval", run, "--n", 10, "--steps", 2, "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((run / "eval" / "shapesbench.json").read_text())
+    assert 0.0 <= res["overall"] <= 1.0 and res["sampling"]["images"] == 10
+    assert (run / "eval" / "shapesbench" / "shapesbench.json").is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--guidance", "-1"], "--guidance must be >= 0"),
+    (["--sampler", "plms"], "unknown sampler"),
+    (["--init-image", "/nonexistent.png"], "cannot read --init-image"),
+])
+def test_cli_generate_bad_options(run, tmp_path, args, message):
+    r = cli("generate", run, "a red circle", "--out", tmp_path / "x.png", *args)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_bad_run_directories(run, tmp_path):
+    r = cli("generate", tmp_path / "missing", "a red circle", "--out", tmp_path / "x.png")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text((run / "config.yaml").read_text())
+    write_meta(partial, {"family": "ldm", "stages_done": ["tokenizer"]})
+    with pytest.raises(UserError, match="incomplete"):
+        t2i.load(str(partial))
+    write_meta(partial, {"family": "dalle", "stages_done": []})
+    with pytest.raises(UserError, match="unknown family 'dalle'"):
+        t2i.load(str(partial))
+
+
+def test_interrupted_run_resumes_to_completion(tmp_path):
+    out = tmp_path / "r"
+    train("ldm", str(out), preset="tiny", overrides=["train.steps=0"], progress=False)
+    meta = read_meta(out)
+    assert meta["stages_done"] == ["tokenizer", "autoencoder", "diffusion"]
+    meta["stages_done"] = ["tokenizer", "autoencoder"]  # as if it died before the diffusion stage ended
+    write_meta(out, meta)
+    r = cli("train", "--resume", "--out", out, "--set", "train.steps=3", "-q")
+    assert r.returncode == 0, r.stderr
+    assert read_meta(out)["stages_done"][-1] == "diffusion"
+    assert "already holds a run" in cli("train", "--family", "ldm", "--preset", "tiny", "--out", out).stderr
