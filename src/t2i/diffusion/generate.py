@@ -28,7 +28,8 @@ class SampleConfig:
     sampler: str = "dpmpp-2m"
     guidance: float = 4.0
     spacing: str = "karras"
-    t_max: float | None = None  # cap the starting noise level (karras over cosine's full range wastes steps)
+    sigma_max: float | None = 80.0  # start here (VE sigma), not at the schedule's end: cosine reaches ~2e4,
+    # where karras spacing would spend steps on pure noise; 80 is EDM's choice for unit-variance data
     threshold: float | None = None  # dynamic thresholding percentile (pixel-space models)
 
 
@@ -58,7 +59,10 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
     """
     check_options(cfg.steps, cfg.guidance, cfg.sampler, strength)
     device = device or torch.device("cpu")
-    sigmas = schedule_sigmas(schedule, cfg.steps, cfg.spacing, t_max=cfg.t_max).to(device, torch.float32)
+    t_max = None
+    if cfg.sigma_max is not None:
+        t_max = min(float(schedule.t_from_sigma_ve(torch.tensor(cfg.sigma_max, dtype=torch.float64))), schedule.t_max)
+    sigmas = schedule_sigmas(schedule, cfg.steps, cfg.spacing, t_max=t_max).to(device, torch.float32)
     eps = noise(shape, seeds, device)
     if init is not None and strength < 1:
         first = min(round(cfg.steps * (1 - strength)), cfg.steps - 1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +260,20 @@ def format_table(result: dict) -> str:
     nv = result["novel"]
     lines.append(f"{'novel':<15}{'-' if nv is None else f'{nv:.3f}':>9}{result['counts']['novel']:>6}")
     return "\n".join(lines)
+
+
+def quick_score(pipe: Callable[..., list[Image.Image]], n: int = 100, seed: int = 0) -> dict[str, float]:
+    """ShapesBench on `n` prompts spread over every kind, in memory: the training-time quality probe."""
+    prompts = benchmark_prompts()
+    step = max(len(prompts) // n, 1)
+    prompts = prompts[::step][:n]
+    images = pipe(prompts, seed=seed)
+    res = summarize((p, score_image(im, p)[0]) for p, im in zip(prompts, images, strict=True))
+    out = {"shapesbench": res["overall"] or 0.0}
+    out.update({k: v for k, v in res["kinds"].items() if v is not None})
+    if res["novel"] is not None:
+        out["novel"] = res["novel"]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- write

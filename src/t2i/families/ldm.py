@@ -191,10 +191,15 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             pipe = Pipeline(cfg, tokenizer, ae, model.net, meta["latent_scale"])
             return _grid(pipe(PREVIEW_PROMPTS, seed=0), PREVIEW_PROMPTS)
 
+        def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
+            from t2i.eval.shapesbench import quick_score
+
+            return quick_score(Pipeline(cfg, tokenizer, ae, model.net, meta["latent_scale"]))
+
         Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"},
                 lambda start: batches(cfg.data, cfg.train.batch_size // dist.world_size(), start, tokenizer,
                                       cfg.text.max_len),
-                preview, progress).fit()
+                preview, progress, evaluate=quick_eval).fit()
         finish("diffusion", t0, params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
     return meta
 

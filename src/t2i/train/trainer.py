@@ -50,6 +50,7 @@ class TrainConfig:
     channels_last: bool = True
     ckpt_every: int = 200
     sample_every: int = 0
+    eval_every: int = 0  # run the family's quick evaluation (e.g. ShapesBench on 100 prompts) into eval.csv
     log_every: int = 10
     seed: int = 0
     tensorboard: bool = False
@@ -90,9 +91,11 @@ class Trainer:
     def __init__(self, stage: str, model: nn.Module, cfg: TrainConfig, run_dir: str | Path,
                  parts: dict[str, str], data: Callable[[int], Iterator[dict[str, Any]]],
                  sample: Callable[[nn.Module, int], Any] | None = None, progress: bool = True,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None,
+                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> None:
         self.stage, self.cfg, self.dir = stage, cfg, Path(run_dir)
         self.parts, self.data_fn, self.sample_fn, self.progress = parts, data, sample, progress
+        self.eval_fn = evaluate
         self.device = device or dist.device()
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.batch_size % (self.world * cfg.grad_accum):
@@ -186,8 +189,8 @@ class Trainer:
             out[k] = v
         return out
 
-    def _log(self, row: dict[str, Any]) -> None:
-        path = self.dir / "log.csv"
+    def _log(self, row: dict[str, Any], name: str = "log.csv") -> None:
+        path = self.dir / name
         new = not path.exists()
         with path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
@@ -259,12 +262,27 @@ class Trainer:
             if self.sample_fn is not None and cfg.sample_every and self.rank == 0 and (
                     self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                 self._sample()
+            if self.eval_fn is not None and cfg.eval_every and self.rank == 0 and (
+                    self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                self._evaluate(bar)
         bar.close()
         if writer is not None:
             writer.close()
         if not resumed and self.step == 0:
             self.save()  # a zero-step stage still leaves its (initial) parts, so the run is loadable
         return last
+
+    def _evaluate(self, bar: tqdm) -> None:
+        """Quality against training time (the curve a budget run is judged by); not counted as training time."""
+        model = self.inference_model()
+        model.eval()
+        metrics = self.eval_fn(model, self.step)
+        self.model.train()
+        row = {"stage": self.stage, "step": self.step, "train_minutes": round(self.elapsed / 60, 3),
+               **{k: round(v, 4) for k, v in metrics.items()}}
+        self._log(row, "eval.csv")
+        bar.write(f"{self.stage} step {self.step} ({row['train_minutes']:.1f} train-min): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
     def _sample(self) -> None:
         model = self.inference_model()
