@@ -113,3 +113,10 @@ def test_interrupted_run_resumes_to_completion(tmp_path):
     assert r.returncode == 0, r.stderr
     assert read_meta(out)["stages_done"][-1] == "diffusion"
     assert "already holds a run" in cli("train", "--family", "ldm", "--preset", "tiny", "--out", out).stderr
+
+
+def test_training_from_an_encoded_cache(tmp_path):
+    out = tmp_path / "cached"
+    train("ldm", str(out), preset="tiny", overrides=["data.cache=40", "train.eval_every=0"], progress=False)
+    assert read_meta(out)["stages_done"][-1] == "diffusion"
+    assert len(t2i.load(str(out))(["a red circle"], steps=2)) == 1

@@ -102,3 +102,16 @@ def test_ddp_two_processes_match_one(tmp_path):
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
     assert not torch.equal(one["0.weight"], Deterministic().net[0].weight)  # training moved the weights
+
+
+def test_cached_batches_cover_each_epoch_and_resume_exactly():
+    from t2i.train.data import cached_batches
+
+    cache = {"latent": torch.arange(10.0)[:, None], "ids": torch.arange(10)[:, None]}
+    stream = cached_batches(cache, 3, seed=1)
+    first = [next(stream)["ids"].flatten().tolist() for _ in range(6)]
+    epoch0 = [i for batch in first[:3] for i in batch]
+    assert len(set(epoch0)) == 9  # 3 batches of 3 distinct samples from 10, no repeats within an epoch
+    assert [i for batch in first[3:] for i in batch] != epoch0  # a new permutation next epoch
+    resumed = cached_batches(cache, 3, start=4 * 3, seed=1)
+    assert next(resumed)["ids"].flatten().tolist() == first[4]

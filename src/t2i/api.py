@@ -66,6 +66,9 @@ def train(family: str, out: str | Path, preset: str | None = None, data: str | N
         cfg = load_yaml(fam.Config, out / "config.yaml")
         if overrides:
             cfg = override(cfg, overrides)
+            if dist.is_main():
+                save_yaml(cfg, out / "config.yaml")  # the run's config must describe what it trains
+            dist.barrier()
     else:
         if (out / "run.json").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")

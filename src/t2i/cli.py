@@ -152,26 +152,38 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on the embedded dataset. Until a model family lands: data, preview, ground-truth score."""
+    """The main job on the embedded dataset: look at the data, train LDM's quick preset, score it."""
+    from t2i.api import train
     from t2i.data.shapes import iter_samples
     from t2i.data.sources import open_source, preview_grid, write_shards
+    from t2i.eval.runs import evaluate
     from t2i.eval.shapesbench import format_table, score_dir, write_groundtruth
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/4] rendering {args.n} shapes samples as WebDataset shards -> {out / 'shards'}")
-    write_shards(iter_samples(n=args.n, seed=args.seed), out / "shards", shard_size=1000, progress=not args.quiet)
-    print(f"[2/4] reading the shards back through the data layer -> {out / 'preview.png'}")
-    samples = list(open_source(str(out / "shards"), n=32))
-    preview_grid(samples, cols=8).save(out / "preview.png")
-    print(f"[3/4] rendering ground truth for the ShapesBench prompts -> {out / 'groundtruth'}")
-    write_groundtruth(out / "groundtruth", progress=not args.quiet)
-    print("[4/4] scoring the ground truth with ShapesBench (a perfect generator's score)")
-    result = score_dir(out / "groundtruth", progress=not args.quiet)
+    print(f"[1/4] rendering {args.n} shapes samples as WebDataset shards and a preview -> {out / 'preview.png'}")
+    if not (out / "shards" / "00000.tar").exists():
+        write_shards(iter_samples(n=args.n, seed=args.seed), out / "shards", shard_size=1000, progress=not args.quiet)
+    preview_grid(list(open_source(str(out / "shards"), n=32)), cols=8).save(out / "preview.png")
+    print("[2/4] ShapesBench on exact renders of its prompts (what a perfect generator scores)")
+    write_groundtruth(out / "groundtruth", progress=False)
+    gt = score_dir(out / "groundtruth", progress=False)
+    print(f"      ground truth overall {gt['overall']:.3f}, novel {gt['novel']:.3f}")
+    run = out / f"ldm-{args.preset}"
+    print(f"[3/4] training the LDM '{args.preset}' preset from scratch -> {run} (interrupt and rerun to resume)")
+    t1 = time.perf_counter()
+    train("ldm", run, preset=args.preset, resume=(run / "run.json").exists(), progress=not args.quiet)
+    train_min = (time.perf_counter() - t1) / 60
+    print("[4/4] generating the ShapesBench prompts and scoring them")
+    result = evaluate(run, progress=False)
     print(format_table(result))
-    (out / "summary.json").write_text(json.dumps({"shapesbench_groundtruth": result}, indent=1))
-    print(f"done in {time.perf_counter() - t0:.1f}s; look at {out / 'preview.png'}")
+    s = result["sampling"]
+    print(f"sampling: {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}: {s['images_per_s']} images/s")
+    (out / "summary.json").write_text(json.dumps(
+        {"groundtruth": gt, "ldm": result, "train_minutes_this_invocation": round(train_min, 2)}, indent=1))
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; samples: {run / 'samples'}, "
+          f"images: {run / 'eval' / 'shapesbench'}; try: t2i generate {run} \"a red circle\" -n 8 --out grid.png")
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -258,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on the embedded dataset (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--n", type=int, default=2000, help="samples to render as shards")
+    d.add_argument("--preset", default="quick", help="LDM preset to train (tiny: a seconds-long smoke run)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)

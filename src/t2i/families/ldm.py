@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ from t2i.data.sources import preview_grid
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
 from t2i.diffusion.generate import SampleConfig, denoise
+from t2i.errors import UserError
+from t2i.nn.dit import DiT, DiTConfig
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train import dist
-from t2i.train.data import DataConfig, batches, captions
+from t2i.train.data import DataConfig, batches, cached_batches, captions, encode_cache
 from t2i.train.run import (
     images_to_tensor,
     load_part,
@@ -79,6 +82,8 @@ class Config:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(4, 4, channels=128, channel_mult=(1, 2),
                                                                   num_res_blocks=1, attention_levels=(0, 1)))
+    backbone: str = "unet"  # unet | dit
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(4, 4))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     ae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=32, lr=2e-3, warmup=20))
@@ -87,7 +92,15 @@ class Config:
 
 def _unet_config(cfg: Config) -> UNetConfig:
     c = cfg.autoencoder.latent_channels
-    return dataclasses.replace(cfg.unet, in_channels=c, out_channels=c, context_dim=cfg.text.dim)
+    return dataclasses.replace(cfg.unet, in_channels=c, out_channels=c, context_dim=cfg.text.dim,
+                               pooled_dim=cfg.text.dim)
+
+
+def _dit_config(cfg: Config) -> DiTConfig:
+    c = cfg.autoencoder.latent_channels
+    f = cfg.autoencoder.patch * 2 ** (len(cfg.autoencoder.channel_mult) - 1)
+    return dataclasses.replace(cfg.dit, in_channels=c, out_channels=c, input_size=cfg.data.resolution // f,
+                               context_dim=cfg.text.dim, pooled_dim=cfg.text.dim)
 
 
 def _text_config(cfg: Config, vocab_size: int) -> TextEncoderConfig:
@@ -111,11 +124,13 @@ class Denoiser(nn.Module):
     def __init__(self, cfg: Config, vocab_size: int):
         super().__init__()
         self.text_encoder = TextEncoder(_text_config(cfg, vocab_size))
-        self.unet = UNet(_unet_config(cfg))
+        if cfg.backbone not in ("unet", "dit"):
+            raise UserError(f"backbone must be unet or dit, got {cfg.backbone!r}")
+        self.unet = UNet(_unet_config(cfg)) if cfg.backbone == "unet" else DiT(_dit_config(cfg))
 
     def forward(self, z: Tensor, t: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        tokens, _ = self.text_encoder(ids, mask)
-        return self.unet(z, t, context=tokens, context_mask=mask)
+        tokens, pooled = self.text_encoder(ids, mask)
+        return self.unet(z, t, context=tokens, context_mask=mask, pooled=pooled)
 
 
 class DiffusionStage(nn.Module):
@@ -132,8 +147,11 @@ class DiffusionStage(nn.Module):
         self.register_buffer("null_mask", null_mask[0], persistent=False)
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        with torch.no_grad():
-            z = self.autoencoder.encode(batch["image"]).mode() * self.scale
+        if "latent" in batch:  # from the encoded cache (data.cache > 0)
+            z = batch["latent"] * self.scale
+        else:
+            with torch.no_grad():
+                z = self.autoencoder.encode(batch["image"]).mode() * self.scale
         drop = drop_condition(self.cfg.cond_drop, batch=z.shape[0], generator=generator, device=z.device)
         ids = apply_null_condition(batch["ids"], self.null_ids, drop)
         mask = apply_null_condition(batch["mask"], self.null_mask, drop)
@@ -196,10 +214,20 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
             return quick_score(Pipeline(cfg, tokenizer, ae, model.net, meta["latent_scale"]))
 
-        Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"},
-                lambda start: batches(cfg.data, cfg.train.batch_size // dist.world_size(), start, tokenizer,
-                                      cfg.text.max_len),
-                preview, progress, evaluate=quick_eval).fit()
+        per_rank = cfg.train.batch_size // dist.world_size()
+        if cfg.data.cache:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dist.device().type == "cpu"):
+                cache = encode_cache(cfg.data, lambda x: ae.encode(x).mode(), tokenizer, cfg.text.max_len,
+                                     progress=progress and dist.is_main())
+
+            def data(start: int) -> Iterator[dict[str, Any]]:
+                return cached_batches(cache, per_rank, start, cfg.data.seed)
+        else:
+            def data(start: int) -> Iterator[dict[str, Any]]:
+                return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len)
+
+        Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"}, data, preview, progress,
+                evaluate=quick_eval).fit()
         finish("diffusion", t0, params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
     return meta
 

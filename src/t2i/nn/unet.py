@@ -35,6 +35,9 @@ class UNetConfig:
     attention_levels: tuple[int, ...] = (1,)
     heads: int = 4
     context_dim: int | None = None  # width of the text tokens to cross-attend to; None = unconditional
+    # width of a pooled text vector added to the timestep embedding (GLIDE/Imagen): global conditioning
+    # that every ResBlock sees from the first step, while cross-attention learns where things go
+    pooled_dim: int | None = None
     dropout: float = 0.0
 
 
@@ -58,6 +61,7 @@ class UNet(nn.Module):
         ch, levels = cfg.channels, len(cfg.channel_mult)
         emb_dim = 4 * ch
         self.time_embed = TimestepEmbedding(ch, emb_dim)
+        self.pooled_proj = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -88,8 +92,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
-        """x (B, C, H, W), t (B,) or scalar float, context (B, L, context_dim), context_mask (B, L) bool.
+                context_mask: Tensor | None = None, pooled: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W), t (B,) or scalar float, context (B, L, context_dim), context_mask (B, L) bool,
+        pooled (B, pooled_dim).
 
         H and W must be divisible by 2**(len(channel_mult) - 1) so the skips line up.
         """
@@ -100,6 +105,10 @@ class UNet(nn.Module):
             raise ValueError(f"input {tuple(x.shape[-2:])} is not divisible by the UNet's downsampling {factor}")
         t = torch.as_tensor(t, device=x.device)
         emb = self.time_embed(t.expand(x.shape[0]) if t.ndim == 0 else t)
+        if pooled is not None:
+            if self.pooled_proj is None:
+                raise ValueError("pooled conditioning given to a UNet built without pooled_dim")
+            emb = emb + self.pooled_proj(pooled)
 
         h = self.conv_in(x)
         hs = [h]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
+
+import torch
+from tqdm import tqdm
 
 from t2i.data.sources import open_source
 from t2i.data.tokenizer import Tokenizer
@@ -20,6 +23,9 @@ class DataConfig:
     resolution: int = 64
     seed: int = 0
     shuffle: int = 0  # shuffle buffer for web data; shapes needs none
+    # > 0: pass this many samples (per run, split over ranks) through the frozen first stage once and train
+    # on shuffled epochs of the result. Encoding every batch anew costs as much as a small denoiser's step.
+    cache: int = 0
 
 
 def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokenizer | None = None,
@@ -57,3 +63,38 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
 def captions(cfg: DataConfig, n: int) -> list[str]:
     """The first n captions of the source (for training the tokenizer)."""
     return [s.caption for s in open_source(cfg.source, resolution=cfg.resolution, seed=cfg.seed, n=n)]
+
+
+def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Tokenizer,
+                 max_len: int, chunk: int = 256, progress: bool = True) -> dict[str, torch.Tensor]:
+    """This rank's share of `cfg.cache` samples, encoded once: {"latent", "ids", "mask"} tensors."""
+    n = cfg.cache // dist.world_size()
+    if n < 1:
+        raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {dist.world_size()} ranks")
+    parts: dict[str, list[torch.Tensor]] = {"latent": [], "ids": [], "mask": []}
+    src = batches(cfg, min(chunk, n), 0, tokenizer, max_len)
+    with torch.no_grad(), tqdm(total=n, desc="encoding cache", unit="img", disable=not progress) as bar:
+        while bar.n < n:
+            b = next(src)
+            parts["latent"].append(encode(b["image"]).float())
+            parts["ids"].append(b["ids"])
+            parts["mask"].append(b["mask"])
+            bar.update(len(b["ids"]))
+    return {k: torch.cat(v)[:n] for k, v in parts.items()}
+
+
+def cached_batches(cache: dict[str, torch.Tensor], batch_size: int, start: int = 0,
+                   seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches from an encoded cache, one seeded permutation per epoch; `start` (samples already
+    consumed by this rank) resumes at exactly the next batch."""
+    n = len(cache["latent"])
+    if n < batch_size:
+        raise UserError(f"the cache holds {n} samples per rank, fewer than a batch of {batch_size}; raise data.cache")
+    per_epoch = n // batch_size
+    step = start // batch_size
+    while True:
+        epoch, i = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        yield {k: v[idx] for k, v in cache.items()}
+        step += 1

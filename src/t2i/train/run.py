@@ -64,7 +64,8 @@ def load_part(module: nn.Module, run: str | Path, name: str) -> nn.Module:
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{path} does not match the model in config.yaml: {str(e).splitlines()[0]}") from None
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
+        raise UserError(f"{path} does not match the model in config.yaml ({detail})") from None
     return module.eval().requires_grad_(False)
 
 

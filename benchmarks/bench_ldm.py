@@ -1,0 +1,135 @@
+"""LDM quick preset on this machine: ShapesBench after a <= 20-minute run, few-step vs many-step sampling,
+training FLOP/s against the measured bf16 matmul peak, sampling throughput, and the accuracy-vs-minutes curve.
+
+    .venv/bin/python benchmarks/bench_ldm.py --train --run runs/ldm-quick --record
+
+`--train` trains the run first with `t2i train --family ldm --preset quick` (resumable: rerun the same
+command after an interruption); without it an existing run is measured. Uses both cores: nothing else may
+run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _common import record
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
+    """Achieved FLOP/s of a large square matmul: the practical peak the training figure is compared to."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def training_flops(run: Path, steps: int = 6) -> tuple[float, float]:
+    """(FLOP per step, seconds per step) of the run's diffusion stage at its configured batch size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from t2i.codecs.autoencoder import AutoencoderKL
+    from t2i.config import load_yaml
+    from t2i.data.tokenizer import Tokenizer
+    from t2i.families.ldm import Config, DiffusionStage
+    from t2i.train.data import batches
+    from t2i.train.run import load_part, read_meta
+    from t2i.train.trainer import TrainConfig, Trainer
+
+    cfg = load_yaml(Config, run / "config.yaml")
+    tok = Tokenizer.load(run / "tokenizer.json")
+    ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
+    stage = DiffusionStage(cfg, tok, ae, read_meta(run)["latent_scale"])
+    tc = TrainConfig(**{**cfg.train.__dict__, "steps": 10**9, "ckpt_every": 10**9, "sample_every": 0,
+                        "eval_every": 0, "log_every": 10**9})
+    trainer = Trainer("bench", stage, tc, run / "bench_tmp", {}, lambda s: batches(
+        cfg.data, tc.batch_size, 0, tok, cfg.text.max_len), progress=False)
+    data = batches(cfg.data, tc.batch_size, 0, tok, cfg.text.max_len)
+    batch = trainer._to_device(next(data))
+    opt = trainer.opt
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=trainer.amp or torch.float32, enabled=trainer.amp is not None):
+            loss = stage(batch, generator=trainer.gen)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    with FlopCounterMode(display=False) as fc:
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return fc.get_total_flops(), (time.perf_counter() - t) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/ldm-quick")
+    ap.add_argument("--train", action="store_true", help="train the quick preset into --run first")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--ddpm-steps", type=int, default=250)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    run = Path(args.run)
+    t2i_cli = [sys.executable, "-m", "t2i.cli"]
+    if args.train:
+        cmd = [*t2i_cli, "train", "--family", "ldm", "--preset", args.preset, "--out", str(run), "-q"]
+        if (run / "run.json").exists():
+            cmd = [*t2i_cli, "train", "--resume", "--out", str(run), "-q"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        print(f"training wall-clock this invocation: {(time.perf_counter() - t) / 60:.1f} min")
+    from t2i.eval.runs import evaluate
+    from t2i.train.run import read_meta
+
+    meta = read_meta(run)
+    train_min = sum(meta["train_seconds"].values()) / 60
+    fast = evaluate(run, progress=False, out_name="bench_default")
+    slow = evaluate(run, steps=args.ddpm_steps, sampler="ddpm", progress=False, out_name="bench_ddpm")
+    flop, sec = training_flops(run)
+    peak = matmul_peak(torch.bfloat16)
+    peak32 = matmul_peak(torch.float32)
+    kinds = list(fast["kinds"])
+    rows = [f"run `{run}` (preset `{meta.get('preset')}`), training time {train_min:.1f} min "
+            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in meta['train_seconds'].items())} min)", "",
+            "| sampler | steps | " + " | ".join(kinds) + " | overall | novel | images/s |",
+            "|---|---|" + "---|" * (len(kinds) + 3)]
+    for res in (fast, slow):
+        s = res["sampling"]
+        rows.append(f"| {s['sampler']} | {s['steps']} | " + " | ".join(f"{res['kinds'][k]:.3f}" for k in kinds)
+                    + f" | {res['overall']:.3f} | {res['novel']:.3f} | {s['images_per_s']:.1f} |")
+    rows += ["", f"- few-step vs many-step: {fast['sampling']['sampler']} {fast['sampling']['steps']} steps "
+             f"{fast['overall']:.3f} vs ddpm {args.ddpm_steps} steps {slow['overall']:.3f} "
+             f"(difference {fast['overall'] - slow['overall']:+.3f})",
+             f"- training throughput (diffusion stage, batch {json.loads(json.dumps(meta)).get('batch', '')}): "
+             f"{flop / sec / 1e9:.0f} GFLOP/s achieved ({flop / 1e9:.1f} GFLOP/step, {sec * 1000:.0f} ms/step); "
+             f"bf16 matmul peak measured in the same run {peak / 1e9:.0f} GFLOP/s (fp32 {peak32 / 1e9:.0f}); "
+             f"ratio {flop / sec / peak:.2f}",
+             f"- sampling throughput: {fast['sampling']['images_per_s']:.1f} images/s at "
+             f"{fast['sampling']['steps']} steps with guidance {fast['sampling']['guidance']} (batch 64)"]
+    curve = run / "eval.csv"
+    if curve.exists():
+        rows += ["", "ShapesBench (100-prompt probe, default sampler) against diffusion training minutes:", "",
+                 "| step | train min | overall | single | size | two | position | counting | novel |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        with curve.open() as f:
+            for r in csv.DictReader(f):
+                rows.append(f"| {r['step']} | {float(r['train_minutes']):.1f} | {float(r['shapesbench']):.3f} | "
+                            + " | ".join(r.get(k, "") for k in ("single_object", "size", "two_object", "position",
+                                                                 "counting", "novel")) + " |")
+    record("LDM quick preset", rows, args.record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""DiT (Peebles & Xie 2023) with cross-attention to text (PixArt-alpha's layout): a transformer denoiser.
+
+Latent cells (or p x p patches of them) are tokens with learned positions; every block is adaLN-Zero
+modulated self-attention, cross-attention to the text tokens, and an MLP. The timestep and pooled text
+embedding drive the modulation; gates start at zero, so a fresh DiT outputs zero like the UNet. Same
+call signature as `UNet`, so a family picks either by config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from t2i.nn.attention import Attention
+from t2i.nn.embeddings import TimestepEmbedding
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int
+    out_channels: int
+    input_size: int = 8  # latent side
+    patch: int = 1
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: int = 4
+    context_dim: int | None = None
+    pooled_dim: int | None = None
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, context_dim: int | None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, heads)
+        self.norm_c = nn.LayerNorm(dim) if context_dim else None
+        self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_ratio * dim, dim))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        s1, b1, g1, s2, b2, g2 = self.ada(emb)[:, None].chunk(6, dim=-1)
+        x = x + g1 * self.attn(self.norm1(x) * (1 + s1) + b1)
+        if context is not None and self.cross is not None and self.norm_c is not None:
+            x = x + self.cross(self.norm_c(x), context, context_mask=context_mask)
+        return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.patch, cfg.dim
+        if cfg.input_size % p:
+            raise ValueError(f"input_size {cfg.input_size} is not divisible by patch {p}")
+        self.grid = cfg.input_size // p
+        self.embed = nn.Linear(cfg.in_channels * p * p, d)
+        self.pos = nn.Parameter(torch.randn(1, self.grid**2, d) * 0.02)
+        self.time_embed = TimestepEmbedding(d, d)
+        self.pooled_proj = nn.Linear(cfg.pooled_dim, d) if cfg.pooled_dim else None
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, cfg.context_dim) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada_out = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, cfg.out_channels * p * p)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                pooled: Tensor | None = None) -> Tensor:
+        b, c, h, w = x.shape
+        p, g = self.cfg.patch, self.grid
+        if (h, w) != (self.cfg.input_size,) * 2:
+            raise ValueError(f"DiT built for {self.cfg.input_size}x{self.cfg.input_size} inputs, got {h}x{w}")
+        tokens = x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
+        hdn = self.embed(tokens) + self.pos
+        t = torch.as_tensor(t, device=x.device)
+        emb = self.time_embed(t.expand(b) if t.ndim == 0 else t)
+        if pooled is not None and self.pooled_proj is not None:
+            emb = emb + self.pooled_proj(pooled)
+        emb = torch.nn.functional.silu(emb)
+        for block in self.blocks:
+            hdn = block(hdn, emb, context, context_mask)
+        shift, scale = self.ada_out(emb)[:, None].chunk(2, dim=-1)
+        out = self.out(self.norm_out(hdn) * (1 + scale) + shift)
+        out = out.reshape(b, g, g, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, h, w)
+        return out
