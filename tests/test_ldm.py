@@ -39,7 +39,8 @@ def test_generate_is_seeded_and_batch_independent(run):
     a = pipe(["a red circle", "two blue squares"], steps=3, seed=5)
     b = pipe(["two blue squares"], steps=3, seeds=[6])
     assert a[0].size == (64, 64) and a[0].mode == "RGB"
-    assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))  # image depends on its seed, not its batch
+    # An image depends on its seed, not on its batch (up to float rounding of batched kernels).
+    assert np.abs(np.asarray(a[1], float) - np.asarray(b[0], float)).max() <= 2
     c = pipe(["a red circle"], steps=3, seed=99)
     assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
     for sampler in ["ddpm", "ddim", "euler", "heun", "dpmpp-2m"]:
@@ -47,13 +48,19 @@ def test_generate_is_seeded_and_batch_independent(run):
 
 
 def test_img2img_keeps_the_init_at_low_strength(run):
+    from t2i.train.run import images_to_tensor, tensor_to_images
+
     pipe = t2i.load(str(run))
     init = pipe(["a red circle"], steps=3, seed=1)[0]
+    ae = pipe.autoencoder
+    round_trip = tensor_to_images(ae.decode(ae.encode(images_to_tensor([init])).mode()))[0]
     near = pipe(["a red circle"], steps=10, seed=2, init_image=init, strength=0.1)[0]
     far = pipe(["a red circle"], steps=10, seed=2)[0]
-    d_near = np.abs(np.asarray(near, float) - np.asarray(init, float)).mean()
-    d_far = np.abs(np.asarray(far, float) - np.asarray(init, float)).mean()
-    assert d_near < d_far
+
+    def dist(a, b):
+        return np.abs(np.asarray(a, float) - np.asarray(b, float)).mean()
+
+    assert dist(near, round_trip) < dist(far, round_trip)
 
 
 def test_cli_generate_grid_and_contract_folder(run, tmp_path):
@@ -112,6 +119,7 @@ def test_interrupted_run_resumes_to_completion(tmp_path):
     r = cli("train", "--resume", "--out", out, "--set", "train.steps=3", "-q")
     assert r.returncode == 0, r.stderr
     assert read_meta(out)["stages_done"][-1] == "diffusion"
+    assert "steps: 3" in (out / "config.yaml").read_text().split("\ntrain:")[1]  # the run says what it trained
     assert "already holds a run" in cli("train", "--family", "ldm", "--preset", "tiny", "--out", out).stderr
 
 

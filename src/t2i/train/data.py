@@ -73,12 +73,14 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
         raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {dist.world_size()} ranks")
     parts: dict[str, list[torch.Tensor]] = {"latent": [], "ids": [], "mask": []}
     src = batches(cfg, min(chunk, n), 0, tokenizer, max_len)
+    done = 0  # counted here: a disabled tqdm bar does not count
     with torch.no_grad(), tqdm(total=n, desc="encoding cache", unit="img", disable=not progress) as bar:
-        while bar.n < n:
+        while done < n:
             b = next(src)
             parts["latent"].append(encode(b["image"]).float())
             parts["ids"].append(b["ids"])
             parts["mask"].append(b["mask"])
+            done += len(b["ids"])
             bar.update(len(b["ids"]))
     return {k: torch.cat(v)[:n] for k, v in parts.items()}
 
