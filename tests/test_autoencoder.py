@@ -1,20 +1,10 @@
 """The KL autoencoder: latent geometry, the Gaussian posterior's math, and that it actually learns."""
 
 import numpy as np
-import pytest
 import torch
 
 from t2i.codecs import AutoencoderConfig, AutoencoderKL, DiagonalGaussian
 from t2i.data.shapes import iter_samples
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs are slower with two OpenMP threads fighting other work for two cores than with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def shapes_batch(n: int, size: int) -> torch.Tensor:

@@ -20,15 +20,6 @@ from t2i.nn import (
 from t2i.nn.blocks import norm_groups
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops are slower with two OpenMP threads fighting other work for two cores than with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def naive_attention(attn: Attention, x, context=None, keep=None, causal=False):
     """softmax(q k^T / sqrt(d) + mask) v written out by hand, with the module's own projections."""
     b, lq, dim = x.shape

@@ -86,4 +86,4 @@ def train(family: str, out: str | Path, preset: str | None = None, data: str | N
     return out
 
 
-__all__ = ["from_dict", "load", "make_config", "train"]
+__all__ = ["load", "make_config", "preset_names", "train"]
