@@ -128,3 +128,12 @@ def test_training_from_an_encoded_cache(tmp_path):
     train("ldm", str(out), preset="tiny", overrides=["data.cache=40", "train.eval_every=0"], progress=False)
     assert read_meta(out)["stages_done"][-1] == "diffusion"
     assert len(t2i.load(str(out))(["a red circle"], steps=2)) == 1
+
+
+def test_demo_runs_end_to_end_with_the_tiny_preset(tmp_path):
+    r = cli("demo", "--preset", "tiny", "--n", 40, "--out", tmp_path, "-q")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["groundtruth"]["overall"] == 1.0
+    assert summary["ldm"]["sampling"]["images"] == 600
+    assert (tmp_path / "preview.png").is_file()
