@@ -90,14 +90,10 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def _generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespace, init=None):
-    from tqdm import tqdm
+    from t2i.eval.runs import generate_batched
 
-    images = []
-    bs = args.batch_size
-    for i in tqdm(range(0, len(prompts), bs), desc="generating", unit="batch", disable=args.quiet):
-        images += pipe(prompts[i:i + bs], steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                       seeds=seeds[i:i + bs], init_image=init, strength=args.strength)
-    return images
+    return generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, steps=args.steps,
+                            guidance=args.guidance, sampler=args.sampler, init_image=init, strength=args.strength)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -297,8 +297,7 @@ def _coverage(o: Obj, size: int) -> tuple[int, int, np.ndarray]:
 
 def render(objects: list[Obj], size: int = NATIVE_SIZE) -> Image.Image:
     """Draw a scene: 4x supersampled coverage, box-filtered, blended over the background."""
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise UserError(f"shapes renders at {MIN_SIZE}..{MAX_SIZE} px, got {size}; pick a size in that range")
+    _check(size, "all")
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = BACKGROUND
     for o in objects:
@@ -319,11 +318,17 @@ def metadata(spec: PromptSpec, objects: list[Obj]) -> dict:
     }
 
 
+def _check(size: int, split: str) -> None:
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"shapes renders at {MIN_SIZE}..{MAX_SIZE} px, got {size}; pick a size in that range")
+    if split not in SPLITS:
+        raise UserError(f"unknown shapes split {split!r}; use one of {', '.join(SPLITS)}")
+
+
 def make_sample(index: int, seed: int = 0, size: int = NATIVE_SIZE, split: str = "train",
                 paraphrase_prob: float = 0.5) -> Sample:
     """Sample `index` of the dataset with this seed and split: deterministic, independent of any other."""
-    if split not in SPLITS:
-        raise UserError(f"unknown shapes split {split!r}; use one of {', '.join(SPLITS)}")
+    _check(size, split)
     rng = random.Random(f"shapes:{seed}:{split}:{index}")
     spec = random_spec(rng, split)
     objects = scene_for(spec, rng)
@@ -338,10 +343,7 @@ def iter_samples(n: int | None = None, seed: int = 0, size: int = NATIVE_SIZE, s
     Arguments are checked here, before the first sample is asked for, so a bad size or split fails before
     any output file is opened.
     """
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise UserError(f"shapes renders at {MIN_SIZE}..{MAX_SIZE} px, got {size}; pick a size in that range")
-    if split not in SPLITS:
-        raise UserError(f"unknown shapes split {split!r}; use one of {', '.join(SPLITS)}")
+    _check(size, split)
     return (make_sample(start + k * step, seed, size, split, paraphrase_prob)
             for k in (range(n) if n is not None else itertools.count()))
 

@@ -9,7 +9,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from t2i.eval.shapesbench import benchmark_prompts, format_table, score_dir, write_images
+from t2i.eval.shapesbench import format_table, score_dir, spread_prompts, write_images
+
+
+def generate_batched(pipe: Any, prompts: list[str], seeds: list[int], batch_size: int = 64,
+                     progress: bool = True, desc: str = "generating", **options: Any) -> list[Any]:
+    """Images for many prompts in batches of `batch_size`, with a progress bar; `options` go to the pipe."""
+    images: list[Any] = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
+        images += pipe(prompts[i:i + batch_size], seeds=seeds[i:i + batch_size], **options)
+    return images
 
 
 def evaluate(run: str | Path, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
@@ -22,16 +31,11 @@ def evaluate(run: str | Path, steps: int | None = None, guidance: float | None =
     check_options(1 if steps is None else steps, 1.0 if guidance is None else guidance, sampler or "ddim")
     run = Path(run)
     pipe = t2i.load(run)
-    prompts = benchmark_prompts()
-    if limit is not None:
-        # spread a partial evaluation over every kind instead of taking the first kind only
-        prompts = prompts[:: max(len(prompts) // max(limit, 1), 1)][:limit]
+    prompts = spread_prompts(limit)  # a partial evaluation still covers every kind
     seeds = [seed + i for i in range(len(prompts))]
-    images = []
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(prompts), batch_size), desc="eval: generating", unit="batch", disable=not progress):
-        images += pipe(prompts[i:i + batch_size], steps=steps, guidance=guidance, sampler=sampler,
-                       seeds=seeds[i:i + batch_size])
+    images = generate_batched(pipe, prompts, seeds, batch_size, progress, "eval: generating",
+                              steps=steps, guidance=guidance, sampler=sampler)
     seconds = time.perf_counter() - t0
     out = run / "eval" / out_name
     write_images(out, zip(images, prompts, seeds, strict=True))

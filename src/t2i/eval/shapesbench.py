@@ -262,11 +262,17 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def spread_prompts(n: int | None = None) -> list[str]:
+    """The benchmark prompts, or `n` of them taken evenly across the list so every kind (and novel) is in."""
+    prompts = benchmark_prompts()
+    if n is None:
+        return prompts
+    return prompts[:: max(len(prompts) // max(n, 1), 1)][:n]
+
+
 def quick_score(pipe: Callable[..., list[Image.Image]], n: int = 100, seed: int = 0) -> dict[str, float]:
     """ShapesBench on `n` prompts spread over every kind, in memory: the training-time quality probe."""
-    prompts = benchmark_prompts()
-    step = max(len(prompts) // n, 1)
-    prompts = prompts[::step][:n]
+    prompts = spread_prompts(n)
     images = pipe(prompts, seed=seed)
     res = summarize((p, score_image(im, p)[0]) for p, im in zip(prompts, images, strict=True))
     out = {"shapesbench": res["overall"] or 0.0}

@@ -186,7 +186,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     if "autoencoder" not in done:
         t0 = time.perf_counter()
         stage = AutoencoderStage(cfg)
-        fixed = images_to_tensor([im for im in _preview_images(cfg)])
+        fixed = images_to_tensor(_preview_images(cfg))
 
         def recon(model: nn.Module, step: int) -> Image.Image:
             with torch.no_grad():
