@@ -158,3 +158,29 @@ def test_apply_null_condition_replaces_dropped_rows():
     out = apply_null_condition(cond, null, torch.tensor([False, True, False]))
     torch.testing.assert_close(out[[0, 2]], cond[[0, 2]])
     torch.testing.assert_close(out[1], null[0])
+
+
+def test_denoise_precision_runs_the_network_in_bf16_but_returns_fp32():
+    """`SampleConfig.precision` decides the network's autocast dtype; the sampler's state stays fp32."""
+    from t2i.diffusion import Schedule
+    from t2i.diffusion.generate import SampleConfig, denoise
+    from t2i.errors import UserError
+
+    seen: list[torch.dtype] = []
+    lin = torch.nn.Linear(4, 4)
+
+    def net(x, t, *, w):
+        out = lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        seen.append(out.dtype)
+        return out * w[:, None, None, None].to(out.dtype)
+
+    cond, uncond = {"w": torch.ones(3)}, {"w": torch.zeros(1)}
+    args = (net, Schedule.from_name("cosine"), "v", [0, 1, 2], (4, 2, 2), cond, uncond)
+    lo = denoise(*args, SampleConfig(steps=4, guidance=2.0, precision="bf16"))
+    assert set(seen) == {torch.bfloat16} and lo.dtype == torch.float32
+    seen.clear()
+    hi = denoise(*args, SampleConfig(steps=4, guidance=2.0, precision="fp32"))
+    assert set(seen) == {torch.float32}
+    assert torch.allclose(lo, hi, atol=0.05) and not torch.equal(lo, hi)
+    with pytest.raises(UserError, match="precision"):
+        denoise(*args, SampleConfig(steps=4, precision="fp16"))

@@ -39,7 +39,7 @@ class DiTBlock(nn.Module):
         self.norm_c = nn.LayerNorm(dim) if context_dim else None
         self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
         self.ada = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.ada.weight)

@@ -11,6 +11,8 @@ import os
 import torch
 import torch.distributed as td
 
+from t2i.errors import UserError
+
 
 def init() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not td.is_initialized():
@@ -42,3 +44,17 @@ def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays (CPUs with AVX-512 BF16 / AMX, Ampere+ GPUs), else fp32."""
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16"):
+        raise UserError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    cap = torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if "AVX512" in cap.upper() or "AMX" in cap.upper() else None

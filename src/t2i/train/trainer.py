@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from t2i.errors import UserError
 from t2i.train import dist
+from t2i.train.dist import autocast_dtype
 
 
 @dataclass
@@ -54,20 +55,6 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     tensorboard: bool = False
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it pays (CPUs with AVX-512 BF16 / AMX, Ampere+ GPUs), else fp32."""
-    if precision == "fp32":
-        return None
-    if precision not in ("auto", "bf16"):
-        raise UserError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    cap = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if "AVX512" in cap.upper() or "AMX" in cap.upper() else None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
