@@ -104,8 +104,8 @@ def test_bad_run_directories(run, tmp_path):
     write_meta(partial, {"family": "ldm", "stages_done": ["tokenizer"]})
     with pytest.raises(UserError, match="incomplete"):
         t2i.load(str(partial))
-    write_meta(partial, {"family": "dalle", "stages_done": []})
-    with pytest.raises(UserError, match="unknown family 'dalle'"):
+    write_meta(partial, {"family": "nuwa", "stages_done": []})
+    with pytest.raises(UserError, match="unknown family 'nuwa'"):
         t2i.load(str(partial))
 
 

@@ -74,9 +74,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if not args.resume and not args.family:
         raise UserError("--family is required for a new run (e.g. --family ldm); --resume reads it from the run")
-    out = train(args.family, args.out, preset=args.preset, data=args.data, overrides=args.set,
+    overrides = list(args.set)
+    if args.tokenizer:
+        from t2i.families import get_family
+
+        if args.resume or not hasattr(get_family(args.family).Config, "tokenizer_run"):
+            raise UserError("--tokenizer RUN applies to a new run of a token family (dalle, parti, maskgit): it "
+                            "reuses that run's trained VQ image tokenizer")
+        overrides.append(f"tokenizer_run={args.tokenizer}")
+    out = train(args.family, args.out, preset=args.preset, data=args.data, overrides=overrides,
                 resume=args.resume, progress=not args.quiet)
-    print(f"run complete: {out} (try: t2i generate {out} \"a red circle\" --out grid.png)")
+    if args.family == "clip":
+        print(f"run complete: {out} (use it: t2i eval GENERATOR_RUN --clip {out})")
+    else:
+        print(f"run complete: {out} (try: t2i generate {out} \"a red circle\" --out grid.png)")
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -89,11 +100,39 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def _decoding_options(args: argparse.Namespace, pipe=None) -> dict:
+    """The token-model options the user gave (temperature, top-k, top-p, reranking), checked; a run whose
+    pipeline does not take one of them is a one-line error naming it."""
+    import inspect
+
+    from t2i.tokens.decoding import check_options
+
+    check_options(args.temperature, args.top_k, args.top_p)
+    given = {k: v for k, v in {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                               "candidates": args.candidates, "clip": args.rerank}.items() if v is not None}
+    if pipe is not None:
+        accepted = inspect.signature(pipe.__call__).parameters
+        for k in given:
+            if k not in accepted:
+                flag = "--rerank" if k == "clip" else "--" + k.replace("_", "-")
+                raise UserError(f"{flag} does not apply to {getattr(pipe, 'family', '?')} runs (it is for token "
+                                "families: dalle, parti, maskgit); leave it out")
+        if hasattr(pipe, "options"):  # check the run's own options before any generating starts
+            pipe.options(steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                         **{k: v for k, v in given.items() if k != "clip"})
+        elif args.sampler is not None:  # diffusion runs: the sampler must be one of the diffusion samplers
+            from t2i.diffusion.generate import check_options as check_diffusion
+
+            check_diffusion(1, 1.0, args.sampler)
+    return given
+
+
 def _generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespace, init=None):
     from t2i.eval.runs import generate_batched
 
     return generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, steps=args.steps,
-                            guidance=args.guidance, sampler=args.sampler, init_image=init, strength=args.strength)
+                            guidance=args.guidance, sampler=args.sampler, init_image=init, strength=args.strength,
+                            **_decoding_options(args, pipe))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -118,7 +157,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from t2i.diffusion.generate import check_options
 
     check_options(1 if args.steps is None else args.steps, 1.0 if args.guidance is None else args.guidance,
-                  args.sampler or "ddim", args.strength)
+                  "ddim", args.strength)  # the sampler name is checked by the run's pipeline (families differ)
+    _decoding_options(args)
     pipe = t2i.load(args.run)
     if args.prompts_file:
         prompts = [p for p in _read_prompts(args.prompts_file) for _ in range(args.per_prompt)]
@@ -140,10 +180,29 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    import t2i
+    from t2i.eval.report import parse_metrics, report
     from t2i.eval.runs import evaluate
 
-    evaluate(args.run, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
-             limit=args.n, batch_size=args.batch_size, progress=not args.quiet, out_name=args.name)
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    options = _decoding_options(args, t2i.load(args.run))  # one-line error if the run's family takes none
+    if args.name != "shapesbench":  # a named ShapesBench-only folder, as before the report existed
+        if args.metrics or args.clip or args.inception:
+            raise UserError("--name writes a plain ShapesBench folder; drop it to get the report with --metrics")
+        evaluate(args.run, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+                 limit=args.n, batch_size=args.batch_size, progress=not args.quiet, out_name=args.name, **options)
+        return
+    metrics = parse_metrics(args.metrics, args.clip is not None, args.inception is not None)
+    report(args.run, metrics, clip=args.clip, inception=args.inception, fid_features=args.fid_features, n=args.n,
+           steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+           batch_size=args.batch_size, progress=not args.quiet, **options)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from t2i.eval.report import compare
+
+    compare(args.runs, args.out)
 
 
 # ------------------------------------------------------------------------------------------------- demo
@@ -231,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data source (default: the preset's, usually shapes)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--tokenizer", metavar="RUN", help="token families: reuse the trained VQ image tokenizer (and "
+                   "BPE) of this dalle/parti/maskgit run instead of training one")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=200 (repeatable)")
     t.add_argument("-q", "--quiet", action="store_true")
@@ -239,7 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     def sampling(q: argparse.ArgumentParser) -> None:
         q.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
         q.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-        q.add_argument("--sampler", help="ddpm | ddim | euler | heun | dpmpp-2m")
+        q.add_argument("--sampler", help="diffusion: ddpm | ddim | euler | heun | dpmpp-2m; token runs: "
+                       "autoregressive (dalle, parti) | parallel (maskgit)")
+        q.add_argument("--temperature", type=float, help="token runs: sampling temperature (> 0)")
+        q.add_argument("--top-k", type=int, help="token runs: sample among the k most likely codes")
+        q.add_argument("--top-p", type=float, help="token runs: nucleus sampling, p in (0, 1]")
+        q.add_argument("--candidates", type=int, help="token runs: images drawn per prompt for CLIP reranking")
+        q.add_argument("--rerank", metavar="CLIP_RUN", help="token runs: rerank the candidates with this lab "
+                       "CLIP run (t2i train --family clip)")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("-q", "--quiet", action="store_true")
@@ -256,12 +324,26 @@ def build_parser() -> argparse.ArgumentParser:
     sampling(g)
     g.set_defaults(func=cmd_generate)
 
-    e = sub.add_parser("eval", help="generate the ShapesBench prompts with a run and score them")
+    e = sub.add_parser("eval", help="generate the ShapesBench prompts with a run, score them, write a report")
     e.add_argument("run")
-    e.add_argument("--n", type=int, help="score only the first N prompts (quick look)")
-    e.add_argument("--name", default="shapesbench", help="folder under RUN/eval/")
+    e.add_argument("--n", type=int, help="score only N prompts spread over every kind (quick look)")
+    e.add_argument("--name", default="shapesbench",
+                   help="folder under RUN/eval/; another name writes only that ShapesBench folder, no report")
+    e.add_argument("--metrics", help="comma list of shapesbench,clip,fid,kid (default: shapesbench, plus "
+                   "clip,fid,kid with --clip)")
+    e.add_argument("--clip", metavar="CLIP_RUN", help="a lab CLIP run (t2i train --family clip): CLIP score, "
+                   "and the default FID/KID features")
+    e.add_argument("--inception", metavar="WEIGHTS", help="local FID Inception weights "
+                   "(pt_inception-2015-12-05-6726825d.pth) for standard FID/KID features")
+    e.add_argument("--fid-features", choices=["clip", "inception"],
+                   help="FID/KID feature extractor (default: clip when --clip is given, else inception)")
     sampling(e)
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="a side-by-side table and a quality-vs-speed plot of evaluated runs")
+    c.add_argument("runs", nargs="+", help="run directories, each evaluated with `t2i eval`")
+    c.add_argument("--out", default="compare", help="folder for compare.md, compare.json, compare.png")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="the main job on the embedded dataset (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo")

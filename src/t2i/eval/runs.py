@@ -23,29 +23,40 @@ def generate_batched(pipe: Any, prompts: list[str], seeds: list[int], batch_size
 
 def evaluate(run: str | Path, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 64, progress: bool = True,
-             out_name: str = "shapesbench") -> dict[str, Any]:
-    """Writes RUN/eval/<out_name>/ (images + index.jsonl + shapesbench.json) and RUN/eval/<out_name>.json."""
+             out_name: str = "shapesbench", **options: Any) -> dict[str, Any]:
+    """Writes RUN/eval/<out_name>/ (images + index.jsonl + shapesbench.json) and RUN/eval/<out_name>.json.
+
+    `options` are family-specific sampling options passed on to the pipeline (e.g. top_k for token runs);
+    the pipeline validates them and the sampler name, so this stays family-neutral."""
     import t2i
     from t2i.diffusion.generate import check_options
 
-    check_options(1 if steps is None else steps, 1.0 if guidance is None else guidance, sampler or "ddim")
+    check_options(1 if steps is None else steps, 1.0 if guidance is None else guidance, "ddim")
     run = Path(run)
     pipe = t2i.load(run)
+    if hasattr(pipe, "options"):  # token runs check their own options and sampler name
+        pipe.options(steps=steps, guidance=guidance, sampler=sampler,
+                     **{k: v for k, v in options.items() if k != "clip"})
+    else:
+        check_options(1, 1.0, sampler or "ddim")
     prompts = spread_prompts(limit)  # a partial evaluation still covers every kind
     seeds = [seed + i for i in range(len(prompts))]
     t0 = time.perf_counter()
     images = generate_batched(pipe, prompts, seeds, batch_size, progress, "eval: generating",
-                              steps=steps, guidance=guidance, sampler=sampler)
+                              steps=steps, guidance=guidance, sampler=sampler, **options)
     seconds = time.perf_counter() - t0
     out = run / "eval" / out_name
     write_images(out, zip(images, prompts, seeds, strict=True))
     result = score_dir(out, progress=progress)
     sc = pipe.cfg.sample
-    result["sampling"] = {
-        "steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
-        "sampler": sampler or sc.sampler, "images": len(images), "seconds": round(seconds, 2),
-        "images_per_s": round(len(images) / seconds, 2),
-    }
+    if hasattr(pipe, "options"):  # token pipelines report the options they actually decoded with
+        used = pipe.options(steps=steps, guidance=guidance, sampler=sampler,
+                            **{k: v for k, v in options.items() if k != "clip"})
+    else:
+        used = {"steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
+                "sampler": sampler or sc.sampler}
+    result["sampling"] = {**used, "images": len(images), "seconds": round(seconds, 2),
+                          "images_per_s": round(len(images) / seconds, 2)}
     (run / "eval" / f"{out_name}.json").write_text(json.dumps(result, indent=1))
     if progress:
         print(format_table(result))

@@ -12,7 +12,8 @@ from types import ModuleType
 
 from t2i.errors import UserError
 
-FAMILIES = {"ldm": "t2i.families.ldm"}
+FAMILIES = {"ldm": "t2i.families.ldm", "clip": "t2i.families.clip"}
+FAMILIES.update(dalle="t2i.families.dalle", parti="t2i.families.parti", maskgit="t2i.families.maskgit")
 
 
 def get_family(name: str) -> ModuleType:

@@ -12,8 +12,6 @@ Stages: tokenizer -> autoencoder -> diffusion. Each resumes on its own; `t2i tra
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,42 +21,27 @@ from PIL import Image
 from torch import Tensor, nn
 
 from t2i.codecs.autoencoder import AutoencoderConfig, AutoencoderKL
-from t2i.data.sources import preview_grid
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
 from t2i.diffusion.generate import SampleConfig, denoise
 from t2i.errors import UserError
 from t2i.nn.dit import DiT, DiTConfig
-from t2i.nn.transformer import TextEncoder, TextEncoderConfig
+from t2i.nn.transformer import TextEncoder
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train import dist
-from t2i.train.data import DataConfig, batches, cached_batches, captions, encode_cache
+from t2i.train.data import DataConfig, batches, generator_data
 from t2i.train.dist import autocast_dtype
 from t2i.train.run import (
     images_to_tensor,
     load_part,
-    read_meta,
     require_complete,
     tensor_to_images,
-    write_meta,
 )
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, grid, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 NAME = "ldm"
 STAGES = ["tokenizer", "autoencoder", "diffusion"]
-PREVIEW_PROMPTS = ["a red circle", "a large blue square", "a green triangle and a yellow circle",
-                   "a red circle left of a blue square", "three purple circles", "a small orange triangle",
-                   "a gray square above a cyan triangle", "two green squares"]
-
-
-@dataclass
-class TextConfig:
-    vocab_size: int = 512
-    max_len: int = 24
-    tokenizer_captions: int = 20000
-    dim: int = 128
-    depth: int = 2
-    heads: int = 4
 
 
 @dataclass
@@ -104,11 +87,6 @@ def _dit_config(cfg: Config) -> DiTConfig:
                                context_dim=cfg.text.dim, pooled_dim=cfg.text.dim)
 
 
-def _text_config(cfg: Config, vocab_size: int) -> TextEncoderConfig:
-    t = cfg.text
-    return TextEncoderConfig(vocab_size=vocab_size, max_len=t.max_len, dim=t.dim, depth=t.depth, heads=t.heads)
-
-
 # ------------------------------------------------------------------------------------------- stages
 class AutoencoderStage(nn.Module):
     def __init__(self, cfg: Config):
@@ -124,7 +102,7 @@ class Denoiser(nn.Module):
 
     def __init__(self, cfg: Config, vocab_size: int):
         super().__init__()
-        self.text_encoder = TextEncoder(_text_config(cfg, vocab_size))
+        self.text_encoder = TextEncoder(cfg.text.encoder(vocab_size))
         if cfg.backbone not in ("unet", "dit"):
             raise UserError(f"backbone must be unet or dit, got {cfg.backbone!r}")
         self.unet = UNet(_unet_config(cfg)) if cfg.backbone == "unet" else DiT(_dit_config(cfg))
@@ -164,97 +142,56 @@ class DiffusionStage(nn.Module):
 # --------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     """Run every stage not yet done; each one checkpoints and resumes on its own."""
-    meta = read_meta(run)
-    done = meta.setdefault("stages_done", [])
-    seconds = meta.setdefault("train_seconds", {})
+    stages = Stages(run)
+    tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
 
-    def finish(stage: str, t0: float, **extra: Any) -> None:
-        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
-        done.append(stage)
-        meta.update(extra)
-        if dist.is_main():
-            write_meta(run, meta)
-        dist.barrier()
-
-    if "tokenizer" not in done:
-        t0 = time.perf_counter()
-        if dist.is_main():
-            Tokenizer.train(captions(cfg.data, cfg.text.tokenizer_captions), cfg.text.vocab_size).save(run)
-        dist.barrier()
-        finish("tokenizer", t0)
-    tokenizer = Tokenizer.load(run / "tokenizer.json")
-
-    if "autoencoder" not in done:
-        t0 = time.perf_counter()
+    if stages.todo("autoencoder"):
         stage = AutoencoderStage(cfg)
-        fixed = images_to_tensor(_preview_images(cfg))
+        fixed = images_to_tensor([s.image for s in take(cfg.data, 8)])
 
         def recon(model: nn.Module, step: int) -> Image.Image:
             with torch.no_grad():
                 ae = model.autoencoder
                 rec = ae.decode(ae.encode(fixed.to(next(ae.parameters()).device)).mode())
-            return _grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
+            return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
 
         Trainer("autoencoder", stage, cfg.ae_train, run, {"autoencoder": "autoencoder"},
                 lambda start: batches(cfg.data, cfg.ae_train.batch_size // dist.world_size(), start),
                 recon, progress).fit()
         ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
-        finish("autoencoder", t0, latent_scale=measure_latent_scale(ae, cfg.data))
+        stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, cfg.data))
     ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
+    scale = stages.meta["latent_scale"]
 
-    if "diffusion" not in done:
-        t0 = time.perf_counter()
-        stage = DiffusionStage(cfg, tokenizer, ae, meta["latent_scale"])
+    if stages.todo("diffusion"):
+        stage = DiffusionStage(cfg, tokenizer, ae, scale)
 
         def preview(model: nn.Module, step: int) -> Image.Image:
-            pipe = Pipeline(cfg, tokenizer, ae, model.net, meta["latent_scale"])
-            return _grid(pipe(PREVIEW_PROMPTS, seed=0), PREVIEW_PROMPTS)
+            return grid(Pipeline(cfg, tokenizer, ae, model.net, scale)(PREVIEW_PROMPTS, seed=0), PREVIEW_PROMPTS)
 
         def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
             from t2i.eval.shapesbench import quick_score
 
-            return quick_score(Pipeline(cfg, tokenizer, ae, model.net, meta["latent_scale"]))
+            return quick_score(Pipeline(cfg, tokenizer, ae, model.net, scale))
 
-        per_rank = cfg.train.batch_size // dist.world_size()
-        if cfg.data.cache:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dist.device().type == "cpu"):
-                cache = encode_cache(cfg.data, lambda x: ae.encode(x).mode(), tokenizer, cfg.text.max_len,
-                                     progress=progress and dist.is_main())
+        def encode(x: Tensor) -> Tensor:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
+                return ae.encode(x).mode()
 
-            def data(start: int) -> Iterator[dict[str, Any]]:
-                return cached_batches(cache, per_rank, start, cfg.data.seed)
-        else:
-            def data(start: int) -> Iterator[dict[str, Any]]:
-                return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len)
-
+        data = generator_data(cfg.data, cfg.train.batch_size // dist.world_size(), tokenizer, cfg.text.max_len,
+                              encode, progress)
         Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"}, data, preview, progress,
                 evaluate=quick_eval).fit()
-        finish("diffusion", t0, params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
-    return meta
+        stages.finish("diffusion", params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
+    return stages.meta
 
 
 @torch.no_grad()
 def measure_latent_scale(ae: AutoencoderKL, data: DataConfig, n: int = 512) -> float:
     """LDM's scale factor: 1 / std of the latents on data, so diffusion sees unit-variance inputs."""
-    images = images_to_tensor([s.image for s in _take(data, n)])
+    images = images_to_tensor([s.image for s in take(data, n)])
     z = torch.cat([ae.encode(chunk).mode() for chunk in images.split(128)])
     return float(1.0 / z.float().std())
-
-
-def _take(data: DataConfig, n: int) -> list:
-    from t2i.data.sources import open_source
-
-    return list(open_source(data.source, resolution=data.resolution, seed=data.seed + 10_000, n=n))
-
-
-def _preview_images(cfg: Config) -> list[Image.Image]:
-    return [s.image for s in _take(cfg.data, 8)]
-
-
-def _grid(images: list[Image.Image], captions_: list[str]) -> Image.Image:
-    from t2i.data.sample import Sample
-
-    return preview_grid([Sample(im, c) for im, c in zip(images, captions_, strict=True)], cols=8)
 
 
 # ------------------------------------------------------------------------------------------ generate

@@ -71,7 +71,7 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, context_cache: KVCache | None = None) -> Tensor:
         """x (B, Lq, dim) -> (B, Lq, dim).
 
         context: (B, Lc, context_dim) to cross-attend to; None for self-attention.
@@ -79,13 +79,23 @@ class Attention(nn.Module):
             x's own tokens (all of them, cached ones included, when a cache is used).
         cache: self-attention only; x's keys/values are appended to it and x attends to all of it, with
             x taken to be the last Lq positions of the sequence.
+        context_cache: cross-attention only; the context's keys/values are computed on the first call and
+            reused afterwards (the context must not change between calls: incremental decoding, where
+            projecting the same encoder states again at every step would cost more than the step itself).
         """
         if context is not None and (self.causal or cache is not None):
             raise ValueError("causal masking and KV caching apply to self-attention only")
         b, lq, dim = x.shape
-        q = self.to_q(x)
-        k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
-        q, k, v = (t.reshape(b, -1, self.heads, dim // self.heads).transpose(1, 2) for t in (q, k, v))
+        if context_cache is not None and context is None:
+            raise ValueError("context_cache applies to cross-attention only")
+        q = self.to_q(x).reshape(b, lq, self.heads, dim // self.heads).transpose(1, 2)
+        if context_cache is not None and context_cache.k is not None and context_cache.v is not None:
+            k, v = context_cache.k, context_cache.v
+        else:
+            k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
+            k, v = (t.reshape(b, -1, self.heads, dim // self.heads).transpose(1, 2) for t in (k, v))
+            if context_cache is not None:
+                context_cache.append(k, v)
         if cache is not None:
             k, v = cache.append(k, v)
         lk = k.shape[2]

@@ -99,19 +99,21 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+                mask: Tensor | None = None, cache: KVCache | None = None,
+                context_cache: KVCache | None = None) -> Tensor:
         """x (B, L, dim) -> (B, L, dim).
 
         mask: (B, Lk) key padding mask for the self-attention (True = real token).
         context, context_mask: what the cross-attention reads; a block built with cross-attention but
             called without context skips it.
         cache: KV cache of this block's self-attention (incremental decoding).
+        context_cache: keys/values of the context for the cross-attention, computed once (incremental decoding).
         """
         x = x + self.attn(self.norm1(x), context_mask=mask, cache=cache)
         if context is not None:
             if self.cross is None or self.norm2 is None:
                 raise ValueError("context given to a TransformerBlock built without context_dim")
-            x = x + self.cross(self.norm2(x), context, context_mask=context_mask)
+            x = x + self.cross(self.norm2(x), context, context_mask=context_mask, context_cache=context_cache)
         return x + self.mlp(self.norm3(x))
 
 

@@ -100,3 +100,18 @@ def cached_batches(cache: dict[str, torch.Tensor], batch_size: int, start: int =
         idx = order[i * batch_size:(i + 1) * batch_size]
         yield {k: v[idx] for k, v in cache.items()}
         step += 1
+
+
+def generator_data(cfg: DataConfig, batch_size: int, tokenizer: Tokenizer, max_len: int,
+                   encode: Callable[[torch.Tensor], torch.Tensor], progress: bool = True
+                   ) -> Callable[[int], Iterator[dict[str, Any]]]:
+    """The data factory of a stage that trains on a frozen codec's outputs (latents, codes).
+
+    With `data.cache > 0` the images are encoded once (what makes small generators fast: encoding each
+    batch costs as much as their own step) and batches are drawn from the cache under key "latent";
+    otherwise images stream and the stage encodes them itself. Either way `factory(start)` resumes exactly.
+    """
+    if not cfg.cache:
+        return lambda start: batches(cfg, batch_size, start, tokenizer, max_len)
+    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and dist.is_main())
+    return lambda start: cached_batches(cache, batch_size, start, cfg.seed)

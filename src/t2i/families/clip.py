@@ -1,0 +1,285 @@
+"""CLIP (Radford et al. 2021) for the lab: a contrastive image-text model trained from scratch on the run's data.
+
+Pretrained CLIP weights cannot be downloaded here, yet four later uses need one: CLIP score, DALL-E
+reranking, the DALL-E 2 prior/decoder and GLIDE's CLIP guidance. So the lab trains its own, and its API is
+deliberately plain and stable:
+
+    clip = t2i.load("runs/clip")
+    img = clip.encode_image(images)          # list of PIL images, or (B, 3, H, W) floats in [-1, 1]
+    txt = clip.encode_text(["a red circle"])  # both (N, embed_dim), L2-normalised, float32
+    sims = clip.similarity(images, prompts)   # (N_images, N_prompts) cosine similarities
+
+Paper choices followed: two towers projected (linearly) into one space, L2-normalised, a symmetric InfoNCE
+loss (image->text and text->image cross-entropy over the batch) with a learnable temperature initialised
+at 0.07 and clamped so the logit scale stays <= 100. Text tower: the lab's `TextEncoder` over the run's
+BPE, mask-aware mean pooled (CLIP takes the EOS token; the mean is what the shared encoder already gives).
+Image tower: a small conv net rather than a ViT, because at 64x64 on a CPU convolutions learn the shapes
+data fastest per second; its last 4x4 feature map is flattened, not average-pooled, so "left of" and
+"above" survive into the embedding.
+
+Stages: tokenizer -> clip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from t2i.data.tokenizer import Tokenizer
+from t2i.errors import UserError
+from t2i.nn.blocks import group_norm
+from t2i.nn.transformer import TextEncoder
+from t2i.train import dist
+from t2i.train.data import DataConfig, batches
+from t2i.train.run import images_to_tensor, load_part, require_complete
+from t2i.train.stages import Stages, TextConfig, tokenizer_stage
+from t2i.train.trainer import TrainConfig, Trainer, param_count
+
+NAME = "clip"
+STAGES = ["tokenizer", "clip"]
+RETRIEVAL_SEED = 7_777_777  # held-out shapes samples for retrieval: a seed no training run uses
+
+
+@dataclass
+class ImageConfig:
+    """Conv tower: a `patch`x`patch` stride-`patch` stem, then per width one 3x3 conv and a stride-2 3x3 conv."""
+
+    patch: int = 4
+    channels: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass
+class Config:
+    family: str = NAME
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    embed_dim: int = 128
+    init_temperature: float = 0.07
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3,
+                                                                   warmup=50, weight_decay=0.05))
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), group_norm(cout), nn.SiLU())
+
+
+class ImageTower(nn.Module):
+    """(B, 3, R, R) in [-1, 1] -> (B, embed_dim), unnormalised."""
+
+    def __init__(self, cfg: ImageConfig, resolution: int, embed_dim: int):
+        super().__init__()
+        side = resolution // cfg.patch
+        for _ in cfg.channels:
+            side = (side + 1) // 2
+        if resolution % cfg.patch or side < 1:
+            raise UserError(f"image.patch={cfg.patch} with {len(cfg.channels)} stages does not fit "
+                            f"data.resolution={resolution}; use a patch that divides it and fewer stages")
+        layers: list[nn.Module] = [nn.Conv2d(3, cfg.channels[0], cfg.patch, stride=cfg.patch),
+                                   group_norm(cfg.channels[0]), nn.SiLU()]
+        cin = cfg.channels[0]
+        for c in cfg.channels:
+            layers += [_conv(cin, c), _conv(c, c, stride=2)]
+            cin = c
+        self.net = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(cin * side * side)
+        self.proj = nn.Linear(cin * side * side, embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.norm(self.net(x).flatten(1)))
+
+
+class CLIP(nn.Module):
+    """Both towers and the temperature. `logit_scale` is log(1 / temperature), as in the paper."""
+
+    def __init__(self, cfg: Config, vocab_size: int):
+        super().__init__()
+        t = cfg.text
+        self.image = ImageTower(cfg.image, cfg.data.resolution, cfg.embed_dim)
+        self.text = TextEncoder(t.encoder(vocab_size))
+        self.text_proj = nn.Linear(t.dim, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    def encode_image(self, x: Tensor) -> Tensor:
+        return F.normalize(self.image(x).float(), dim=-1)
+
+    def encode_text(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return F.normalize(self.text_proj(self.text(ids, mask)[1]).float(), dim=-1)
+
+    def loss(self, images: Tensor, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Symmetric InfoNCE: image i's positive is caption i, every other caption in the batch a negative."""
+        img, txt = self.encode_image(images), self.encode_text(ids, mask)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        with torch.autocast(img.device.type, enabled=False):  # bf16 logits would blur cosines x 100
+            logits = scale.float() * img.float() @ txt.float().t()
+        target = torch.arange(len(logits), device=logits.device)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        acc = (logits.argmax(dim=1) == target).float().mean()
+        return {"loss": loss, "acc": acc.detach(), "temperature": (1 / scale).detach()}
+
+
+class CLIPStage(nn.Module):
+    def __init__(self, cfg: Config, vocab_size: int):
+        super().__init__()
+        self.clip = CLIP(cfg, vocab_size)
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return self.clip.loss(batch["image"], batch["ids"], batch["mask"])
+
+
+# --------------------------------------------------------------------------------------------- train
+def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
+    """Tokenizer, then the contrastive stage; each resumes on its own."""
+    stages = Stages(run)
+    tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
+
+    if stages.todo("clip"):
+        stage = CLIPStage(cfg, tokenizer.vocab_size)
+        per_rank = cfg.train.batch_size // dist.world_size()
+
+        def data(start: int) -> Iterator[dict[str, Any]]:
+            return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len)
+
+        def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
+            if cfg.data.source != "shapes":
+                return {}
+            res = zero_shot_retrieval(Pipeline(cfg, tokenizer, model.clip), groups=2)
+            return {"retrieval_top1": res["top1"]}
+
+        Trainer("clip", stage, cfg.train, run, {"clip": "clip"}, data, None, progress, evaluate=quick_eval).fit()
+        stages.finish("clip", params={"clip": param_count(stage.clip)})
+    return stages.meta
+
+
+# ------------------------------------------------------------------------------------------------- use
+ImageInput = list[Image.Image] | Tensor
+
+
+class Pipeline:
+    """A trained CLIP: `encode_image`, `encode_text`, `similarity`. It scores images; it does not make them.
+
+    Embeddings are float32, L2-normalised, on `self.device`, so `a @ b.T` is cosine similarity.
+    """
+
+    family = NAME
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, model: CLIP, device: torch.device | None = None):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.device = device or dist.device()
+        self.model = model.to(self.device).eval()
+        self.resolution = cfg.data.resolution
+        self.embed_dim = cfg.embed_dim
+
+    @classmethod
+    def load(cls, run: str | Path, cfg: Config) -> Pipeline:
+        run = Path(run)
+        require_complete(run, NAME, STAGES)
+        tokenizer = Tokenizer.load(run / "tokenizer.json")
+        return cls(cfg, tokenizer, load_part(CLIP(cfg, tokenizer.vocab_size), run, "clip"))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UserError("this is a CLIP run: it scores image-text pairs and cannot generate images; use "
+                        "encode_image / encode_text / similarity, or pass it as --clip to `t2i eval`")
+
+    def to_tensor(self, images: ImageInput) -> Tensor:
+        """PIL images or (B, 3, H, W) floats in [-1, 1] -> (B, 3, R, R) at the model's resolution.
+
+        Every input goes through the same bilinear, antialiased resize, so a PIL image and its tensor give
+        the same embedding."""
+        if isinstance(images, Tensor):
+            x = images
+            if x.ndim != 4 or x.shape[1] != 3:
+                raise UserError(f"encode_image takes (B, 3, H, W) tensors in [-1, 1], got shape {tuple(x.shape)}")
+            x = x.float()
+        else:
+            if len(images) == 0:
+                raise UserError("encode_image got no images")
+            sizes = {im.size for im in images}
+            if len(sizes) > 1:
+                return torch.cat([self.to_tensor([im]) for im in images])
+            x = images_to_tensor(list(images))
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    @torch.no_grad()
+    def encode_image(self, images: ImageInput, batch_size: int = 256) -> Tensor:
+        """(N, embed_dim) unit vectors for PIL images or a (N, 3, H, W) tensor in [-1, 1]."""
+        x = self.to_tensor(images)
+        return torch.cat([self.model.encode_image(c.to(self.device)) for c in x.split(batch_size)])
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str], batch_size: int = 256) -> Tensor:
+        """(N, embed_dim) unit vectors for captions (truncated to text.max_len tokens, with a warning)."""
+        if isinstance(prompts, str):
+            raise UserError("encode_text takes a list of prompts, not a single string")
+        if len(prompts) == 0:
+            raise UserError("encode_text got no prompts")
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            ids, mask = self.tokenizer.encode(prompts[i:i + batch_size], self.cfg.text.max_len)
+            out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)))
+        return torch.cat(out)
+
+    def similarity(self, images: ImageInput, prompts: list[str]) -> Tensor:
+        """(N_images, N_prompts) cosine similarities: rows rank prompts for an image, columns images for a prompt."""
+        return self.encode_image(images) @ self.encode_text(prompts).t()
+
+    def cosine(self, images: ImageInput, prompts: list[str]) -> Tensor:
+        """(N,) cosine of each image with its own prompt (pairs in order): what CLIP scores average."""
+        img, txt = self.encode_image(images), self.encode_text(prompts)
+        if len(img) != len(txt):
+            raise UserError(f"got {len(img)} images and {len(prompts)} prompts; pair them one to one")
+        return (img * txt).sum(dim=-1)
+
+
+# ------------------------------------------------------------------------------------------ retrieval
+def retrieval_pool(n: int, seed: int = RETRIEVAL_SEED, split: str = "train", resolution: int = 64) -> list:
+    """`n` held-out shapes samples with distinct canonical captions, so each caption has one right image."""
+    from t2i.data.shapes import make_sample
+
+    out, seen, i = [], set(), 0
+    while len(out) < n:
+        s = make_sample(i, seed=seed, size=resolution, split=split)
+        i += 1
+        if s.meta["canonical"] not in seen:
+            seen.add(s.meta["canonical"])
+            out.append(s)
+    return out
+
+
+def zero_shot_retrieval(pipe: Pipeline, candidates: int = 100, groups: int = 10, seed: int = RETRIEVAL_SEED,
+                        split: str = "train") -> dict[str, Any]:
+    """Caption -> image among `candidates` held-out images, `groups` times: top-1 and top-5 accuracy.
+
+    Each group draws `candidates` samples with distinct canonical captions (two images that both satisfy "a
+    red circle" would make the right answer ambiguous); the query is each sample's own training-style
+    caption (canonical or a paraphrase), and a hit means the caption's own image ranks first.
+    """
+    hits1 = hits5 = total = 0
+    per_kind: dict[str, list[int]] = {}
+    for g in range(groups):
+        pool = retrieval_pool(candidates, seed=seed + g, split=split, resolution=pipe.resolution)
+        sims = pipe.similarity([s.image for s in pool], [s.caption for s in pool]).t()  # (texts, images)
+        rank = sims.argsort(dim=1, descending=True)
+        target = torch.arange(len(pool), device=rank.device)
+        top1 = (rank[:, 0] == target).cpu()
+        hits1 += int(top1.sum())
+        hits5 += int((rank[:, :5] == target[:, None]).any(dim=1).sum())
+        total += len(pool)
+        for s, ok in zip(pool, top1.tolist(), strict=True):
+            k = per_kind.setdefault(s.meta["kind"], [0, 0])
+            k[0] += int(ok)
+            k[1] += 1
+    return {"top1": hits1 / total, "top5": hits5 / total, "queries": total, "candidates": candidates,
+            "split": split, "kinds": {k: c / n for k, (c, n) in sorted(per_kind.items())}}
+

@@ -1,0 +1,116 @@
+"""DALL-E (Ramesh et al. 2021), from scratch: one decoder-only transformer over [text tokens, image tokens].
+
+Paper choices followed: a discrete image tokenizer trained first (here the VQ tokenizer of
+`t2i.codecs.vq`, 8x8 = 64 codes per 64x64 image, instead of the dVAE's 32x32 -- the same role at this
+scale); text and image tokens concatenated into one stream with separate learned position embeddings for
+each modality; causal attention over the whole stream; a loss on both modalities weighted towards the image
+(text 1/8, image 7/8, as in the paper); the text padded to a fixed length with pad tokens that the model
+reads like any token (DALL-E's learned padding), so every image token sits at a fixed position. Sampling
+with a KV cache, temperature, top-k, top-p, and reranking of N candidates by CLIP when a lab CLIP run is
+given. Departure: 10% caption dropout so classifier-free guidance on logits (a later idea, from
+Make-A-Scene / Parti) can be used; the original relied on reranking alone.
+
+Stages: tokenizer -> vq -> transformer (shared with Parti and MaskGIT, `t2i.tokens.family`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from t2i.codecs.vq import VQConfig, VQTokenizer
+from t2i.data.tokenizer import Tokenizer
+from t2i.nn.attention import KVCache
+from t2i.nn.gpt import TokenTransformer
+from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
+from t2i.train.data import DataConfig
+from t2i.train.trainer import TrainConfig
+
+NAME = "dalle"
+__all__ = ["NAME", "STAGES", "Config", "DalleTransformer", "Pipeline", "train"]
+
+
+@dataclass
+class NetConfig:
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    text_loss_weight: float = 0.125  # DALL-E: 1/8 text, 7/8 image
+    cond_drop: float = 0.1
+
+
+@dataclass
+class Config:
+    family: str = NAME
+    data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
+    text: TextConfig = field(default_factory=TextConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(candidates=4))
+    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
+    tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
+
+
+class DalleTransformer(nn.Module):
+    """GPT over [text (max_len, padded), <start-of-image>, image codes]; output i predicts token i + 1."""
+
+    parallel = False
+
+    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
+        super().__init__()
+        self.text_len, self.n_tokens, self.codebook_size = text_len, n_tokens, codebook_size
+        self.text_weight, self.layers = cfg.text_loss_weight, cfg.depth
+        self.text_emb = nn.Embedding(text_vocab, cfg.dim)
+        self.text_pos = nn.Parameter(torch.randn(text_len, cfg.dim) * 0.02)
+        self.image_emb = nn.Embedding(codebook_size + 1, cfg.dim)  # the last id is <start-of-image>
+        self.image_pos = nn.Parameter(torch.randn(n_tokens, cfg.dim) * 0.02)
+        self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True)
+        self.text_head = nn.Linear(cfg.dim, text_vocab)
+        self.image_head = nn.Linear(cfg.dim, codebook_size)
+
+    def embed(self, ids: Tensor, tokens: Tensor) -> Tensor:
+        """ids (B, text_len), image tokens so far (B, i < n_tokens) -> (B, text_len + 1 + i, dim)."""
+        sos = torch.full((tokens.shape[0], 1), self.codebook_size, dtype=torch.long, device=tokens.device)
+        image = torch.cat([sos, tokens], dim=1)
+        return torch.cat([self.text_emb(ids) + self.text_pos, self.image_emb(image) + self.image_pos[:image.shape[1]]],
+                         dim=1)
+
+    def loss(self, ids: Tensor, mask: Tensor, codes: Tensor, generator: torch.Generator | None = None
+             ) -> dict[str, Tensor]:
+        h = self.body(self.embed(ids, codes[:, :-1]))
+        image_logits = self.image_head(h[:, self.text_len:])
+        image = F.cross_entropy(image_logits.float().flatten(0, 1), codes.flatten())
+        text_logits = self.text_head(h[:, :self.text_len - 1])
+        target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)  # no loss on predicting padding
+        text = F.cross_entropy(text_logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
+        return {"loss": self.text_weight * text + (1 - self.text_weight) * image, "image": image, "text": text}
+
+    def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        return {"ids": ids}  # padding is read as tokens, so the mask is not needed
+
+    def next_logits(self, cond: dict[str, Tensor], tokens: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        """Logits (B, codebook) of image token `tokens.shape[1]`; with caches only uncached positions run."""
+        x = self.embed(cond["ids"], tokens)
+        start = caches[0].length if caches else 0
+        return self.image_head(self.body(x[:, start:], caches=caches)[:, -1])
+
+
+class Pipeline(TokenPipeline):
+    """Text -> images: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``; see `TokenPipeline`."""
+
+    family = NAME
+
+    @classmethod
+    def build_net(cls, cfg: Config, tokenizer: Tokenizer, vq: VQTokenizer) -> DalleTransformer:
+        return DalleTransformer(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
+                                vq.grid(cfg.data.resolution) ** 2)
+
+
+def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
+    return train_stages(cfg, run, progress, Pipeline)

@@ -1,0 +1,110 @@
+"""MaskGIT / Muse (Chang et al. 2022, 2023): a masked-token model over VQ codes, decoded in parallel.
+
+Why a family of its own rather than a decoding mode of Parti: parallel decoding needs a model *trained*
+for it -- a bidirectional transformer that predicts masked codes from the visible ones -- while an
+autoregressive model only ever learns p(next | previous). The two objectives give different weights for
+the same architecture, so a run is one or the other; making it a family keeps each run self-describing
+(`t2i generate` picks the decoder from the run) and the Parti file free of a second objective. Everything
+else is shared (`t2i.tokens.family`): the same text encoder, VQ tokenizer, stages and pipeline, so Parti
+and MaskGIT runs of the same width are the "comparable models" the parallel-vs-AR benchmark compares.
+
+Paper choices followed (Muse's text-conditional variant of MaskGIT): a bidirectional text encoder whose
+states the image transformer cross-attends to; training masks a fraction cos(pi/2 u), u ~ U(0, 1), of the
+image codes (MaskGIT's cosine schedule) with a [MASK] token and takes cross-entropy on the masked ones only;
+caption dropout 10% for classifier-free guidance on logits; decoding in ~8 steps with the cosine schedule
+and confidence-based re-masking with annealed Gumbel noise (`t2i.tokens.decoding.sample_parallel`).
+
+Stages: tokenizer -> vq -> transformer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from t2i.codecs.vq import VQConfig, VQTokenizer
+from t2i.data.tokenizer import Tokenizer
+from t2i.nn.gpt import TokenTransformer
+from t2i.nn.transformer import TextEncoder, TextEncoderConfig
+from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
+from t2i.train.data import DataConfig
+from t2i.train.trainer import TrainConfig
+
+NAME = "maskgit"
+__all__ = ["NAME", "STAGES", "Config", "MaskGitTransformer", "Pipeline", "train"]
+
+
+@dataclass
+class NetConfig:
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    text_depth: int = 2
+    cond_drop: float = 0.1
+
+
+@dataclass
+class Config:
+    family: str = NAME
+    data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
+    text: TextConfig = field(default_factory=TextConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="parallel", steps=8))
+    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
+    tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
+
+
+class MaskGitTransformer(nn.Module):
+    """Bidirectional transformer over image codes (some replaced by [MASK]), cross-attending to the text."""
+
+    parallel = True
+
+    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
+        super().__init__()
+        self.mask_id, self.n_tokens = codebook_size, n_tokens  # [MASK] is the id after the codebook
+        self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
+        self.image_emb = nn.Embedding(codebook_size + 1, cfg.dim)
+        self.image_pos = nn.Parameter(torch.randn(n_tokens, cfg.dim) * 0.02)
+        self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=False, context_dim=cfg.dim)
+        self.head = nn.Linear(cfg.dim, codebook_size)
+
+    def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        return {"context": self.encoder(ids, mask)[0], "context_mask": mask.bool()}
+
+    def masked_logits(self, cond: dict[str, Tensor], tokens: Tensor) -> Tensor:
+        """tokens (B, n_tokens) with [MASK]s -> logits (B, n_tokens, codebook) at every position."""
+        x = self.image_emb(tokens) + self.image_pos
+        return self.head(self.body(x, cond["context"], cond["context_mask"]))
+
+    def loss(self, ids: Tensor, mask: Tensor, codes: Tensor, generator: torch.Generator | None = None
+             ) -> dict[str, Tensor]:
+        b, n = codes.shape
+        u = torch.rand(b, generator=generator, device=codes.device)
+        n_masked = (torch.cos(math.pi / 2 * u) * n).ceil().clamp(1, n)  # at least one target per image
+        order = torch.rand(b, n, generator=generator, device=codes.device).argsort(dim=1).argsort(dim=1)
+        masked = order < n_masked[:, None]  # a random subset of n_masked positions per image
+        logits = self.masked_logits(self.prepare(ids, mask), codes.masked_fill(masked, self.mask_id))
+        return {"loss": F.cross_entropy(logits[masked].float(), codes[masked])}
+
+
+class Pipeline(TokenPipeline):
+    """Text -> images in `steps` parallel steps: ``pipe(["a red circle"], steps=8, guidance=3, seed=0)``."""
+
+    family = NAME
+
+    @classmethod
+    def build_net(cls, cfg: Config, tokenizer: Tokenizer, vq: VQTokenizer) -> MaskGitTransformer:
+        return MaskGitTransformer(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
+                                  vq.grid(cfg.data.resolution) ** 2)
+
+
+def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
+    return train_stages(cfg, run, progress, Pipeline)

@@ -1,0 +1,114 @@
+"""Parti (Yu et al. 2022), from scratch: a bidirectional text encoder and an autoregressive image-token decoder.
+
+Paper choices followed: an encoder-decoder transformer (text -> image tokens as sequence-to-sequence, like
+translation); the encoder is bidirectional over the caption (padding masked), the decoder is causal over
+image codes and cross-attends to the encoder's states in every block; image codes from a VQ tokenizer
+trained first (ViT-VQGAN in the paper; here `t2i.codecs.vq` with its l2-normalised low-dimensional
+lookup, 64 codes per 64x64 image); classifier-free guidance on logits with caption dropout in training
+(the paper's "CF guidance" with 10% dropout), sampled with a KV cache, temperature, top-k / top-p.
+Departures: a shared learned <start-of-image> token instead of a BOS from the code vocabulary, and small
+widths for a CPU budget. The encoder is trained jointly from scratch (no pretrained BERT here).
+
+Stages: tokenizer -> vq -> transformer (shared with DALL-E and MaskGIT, `t2i.tokens.family`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from t2i.codecs.vq import VQConfig, VQTokenizer
+from t2i.data.tokenizer import Tokenizer
+from t2i.nn.attention import KVCache
+from t2i.nn.gpt import TokenTransformer
+from t2i.nn.transformer import TextEncoder, TextEncoderConfig
+from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
+from t2i.train.data import DataConfig
+from t2i.train.trainer import TrainConfig
+
+NAME = "parti"
+__all__ = ["NAME", "STAGES", "Config", "PartiTransformer", "Pipeline", "train"]
+
+
+@dataclass
+class NetConfig:
+    dim: int = 256
+    depth: int = 4  # decoder blocks
+    heads: int = 4
+    text_depth: int = 2  # encoder blocks
+    cond_drop: float = 0.1
+
+
+@dataclass
+class Config:
+    family: str = NAME
+    data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
+    text: TextConfig = field(default_factory=TextConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
+    tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
+
+
+class PartiTransformer(nn.Module):
+    """Encoder(text) -> states; decoder over [<start-of-image>, codes] cross-attends to them."""
+
+    parallel = False
+
+    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
+        super().__init__()
+        self.codebook_size, self.depth = codebook_size, cfg.depth
+        self.layers = 2 * cfg.depth  # caches for decoding: one per self-attention, then one per cross-attention
+        self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
+        self.image_emb = nn.Embedding(codebook_size + 1, cfg.dim)  # the last id is <start-of-image>
+        self.image_pos = nn.Parameter(torch.randn(n_tokens, cfg.dim) * 0.02)
+        self.decoder = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True, context_dim=cfg.dim)
+        self.head = nn.Linear(cfg.dim, codebook_size)
+
+    def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Run the encoder once per caption: decoding reads its states at every step."""
+        return {"context": self.encoder(ids, mask)[0], "context_mask": mask.bool()}
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        sos = torch.full((tokens.shape[0], 1), self.codebook_size, dtype=torch.long, device=tokens.device)
+        image = torch.cat([sos, tokens], dim=1)
+        return self.image_emb(image) + self.image_pos[:image.shape[1]]
+
+    def loss(self, ids: Tensor, mask: Tensor, codes: Tensor, generator: torch.Generator | None = None
+             ) -> dict[str, Tensor]:
+        cond = self.prepare(ids, mask)
+        logits = self.head(self.decoder(self.embed(codes[:, :-1]), cond["context"], cond["context_mask"]))
+        return {"loss": F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())}
+
+    def next_logits(self, cond: dict[str, Tensor], tokens: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        """With `caches` (`layers` of them: self-attention caches, then the encoder states' keys/values per
+        block, projected once per image instead of once per token), only the uncached positions run."""
+        x = self.embed(tokens)
+        if caches is None:
+            return self.head(self.decoder(x, cond["context"], cond["context_mask"])[:, -1])
+        start = caches[0].length
+        h = self.decoder(x[:, start:], cond["context"], cond["context_mask"], caches=caches[:self.depth],
+                         context_caches=caches[self.depth:])
+        return self.head(h[:, -1])
+
+
+class Pipeline(TokenPipeline):
+    """Text -> images: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``; see `TokenPipeline`."""
+
+    family = NAME
+
+    @classmethod
+    def build_net(cls, cfg: Config, tokenizer: Tokenizer, vq: VQTokenizer) -> PartiTransformer:
+        return PartiTransformer(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
+                                vq.grid(cfg.data.resolution) ** 2)
+
+
+def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
+    return train_stages(cfg, run, progress, Pipeline)

@@ -1,0 +1,331 @@
+"""What every token family shares: config parts, the three training stages, and the pipeline.
+
+A token family (DALL-E, Parti, MaskGIT) differs only in its network -- how text and image tokens meet and
+which objective trains it. Everything else is the same and lives here, so each family file holds just its
+network and a few lines of wiring:
+
+* stages `tokenizer` (BPE on captions) -> `vq` (the VQ image tokenizer, `t2i.codecs.vq`) -> `transformer`.
+  With `tokenizer_run: RUN` (CLI `--tokenizer RUN`) the first two are copied from another token-family run,
+  so one trained tokenizer serves several families and comparisons share the same codes.
+* the transformer trains on a cache of pre-encoded codes (`data.cache` images through the frozen VQ
+  encoder once), since encoding every batch would cost as much as the transformer's own step.
+* `TokenPipeline`: prompts -> tokens (autoregressive or parallel decoding, `t2i.tokens.decoding`) -> VQ
+  decoder -> images; optional CLIP reranking of N candidates per prompt with a lab CLIP run.
+
+A family's network implements `loss(ids, mask, codes, generator) -> dict`, `prepare(ids, mask) -> cond`
+(what decoding reads: text ids, or encoder states), and either `next_logits(cond, tokens, caches)` with
+`layers` (autoregressive) or `masked_logits(cond, tokens)` with `mask_id` (parallel, `parallel = True`).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from t2i.codecs.vq import VQTokenizer, codebook_usage
+from t2i.data.tokenizer import Tokenizer
+from t2i.errors import UserError
+from t2i.tokens.decoding import DecodeOptions, check_options, sample_autoregressive, sample_parallel
+from t2i.train import dist
+from t2i.train.data import batches, generator_data
+from t2i.train.run import (
+    images_to_tensor,
+    load_part,
+    read_meta,
+    require_complete,
+    tensor_to_images,
+)
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, grid, take, tokenizer_stage
+from t2i.train.trainer import Trainer, param_count
+
+STAGES = ["tokenizer", "vq", "transformer"]
+TOKEN_FAMILIES = ("dalle", "parti", "maskgit")
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 512
+    max_len: int = 24
+    tokenizer_captions: int = 20000
+
+
+@dataclass
+class SampleConfig:
+    """Decoding defaults stored with a run; each can be overridden per call (CLI options of the same name)."""
+
+    sampler: str = "autoregressive"  # fixed by the family: autoregressive (dalle, parti) | parallel (maskgit)
+    steps: int = 8  # parallel decoding only (an autoregressive model takes one step per token)
+    guidance: float = 3.0  # classifier-free guidance on logits
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    candidates: int = 1  # images generated per prompt for CLIP reranking (needs `clip`)
+    clip: str = ""  # a lab CLIP run directory for reranking; empty = reranking off
+
+
+# ------------------------------------------------------------------------------------------- stages
+class VQStage(nn.Module):
+    def __init__(self, vq: VQTokenizer):
+        super().__init__()
+        self.vq = vq
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return self.vq.loss(batch["image"], generator)
+
+
+class TokenStage(nn.Module):
+    """The transformer stage: codes from the cache (or the frozen VQ), caption dropout, the net's loss."""
+
+    def __init__(self, net: nn.Module, vq: VQTokenizer, tokenizer: Tokenizer, max_len: int, cond_drop: float):
+        super().__init__()
+        self.net, self.cond_drop = net, cond_drop
+        self.vq = vq.eval().requires_grad_(False)
+        null_ids, null_mask = tokenizer.encode([""], max_len)
+        self.register_buffer("null_ids", null_ids[0], persistent=False)
+        self.register_buffer("null_mask", null_mask[0], persistent=False)
+
+    def train(self, mode: bool = True) -> TokenStage:
+        super().train(mode)
+        self.vq.eval()  # a quantizer in training mode would keep updating the frozen codebook
+        return self
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if "latent" in batch:  # the encoded cache stores codes as floats
+            codes = batch["latent"].long()
+        else:
+            with torch.no_grad():
+                codes = self.vq.encode(batch["image"]).flatten(1)
+        ids, mask = batch["ids"], batch["mask"].bool()
+        if self.cond_drop > 0:  # caption dropout: the model also learns p(image), for guidance
+            drop = torch.rand(ids.shape[0], generator=generator, device=ids.device) < self.cond_drop
+            ids = torch.where(drop[:, None], self.null_ids, ids)
+            mask = torch.where(drop[:, None], self.null_mask, mask)
+        return self.net.loss(ids, mask, codes, generator)
+
+
+def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
+    """Copy tokenizer.json and vq.safetensors from `cfg.tokenizer_run`; the run's config takes its vq shape."""
+    from t2i.config import load_yaml, save_yaml
+    from t2i.families import get_family
+
+    src = Path(cfg.tokenizer_run)
+    meta = read_meta(src)
+    if meta.get("family") not in TOKEN_FAMILIES or "vq" not in meta.get("stages_done", []):
+        raise UserError(f"--tokenizer {src}: needs a token-family run ({', '.join(TOKEN_FAMILIES)}) whose vq "
+                        f"stage is done; it is a {meta.get('family')!r} run with stages {meta.get('stages_done')}")
+    other = load_yaml(get_family(meta["family"]).Config, src / "config.yaml")
+    if dist.is_main():
+        shutil.copy(src / "tokenizer.json", run / "tokenizer.json")
+        shutil.copy(src / "vq.safetensors", run / "vq.safetensors")
+        cfg.vq = other.vq
+        cfg.text.vocab_size, cfg.text.tokenizer_captions = other.text.vocab_size, other.text.tokenizer_captions
+        save_yaml(cfg, run / "config.yaml")  # the run's config must rebuild the tokenizer it uses
+    dist.barrier()
+    cfg.vq = other.vq
+    return src
+
+
+def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeline]) -> dict[str, Any]:
+    """Run every stage not yet done; each one checkpoints and resumes on its own (as the LDM family).
+
+    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` makes the network to train, and
+    an instance of it draws the previews and the training-time probe."""
+    stages = Stages(run)
+    if cfg.tokenizer_run and stages.todo("tokenizer"):
+        src = _reuse_tokenizer(cfg, run)
+        stages.finish("tokenizer", tokenizer_from=str(src))
+        stages.todo("vq")
+        stages.finish("vq", vq=read_meta(src).get("vq", {}))
+    tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
+
+    if stages.todo("vq"):
+        fixed = images_to_tensor([s.image for s in take(cfg.data, 8)])
+
+        def recon(model: nn.Module, step: int) -> Image.Image:
+            with torch.no_grad():
+                vq = model.vq
+                rec = vq.decode(vq.encode(fixed.to(vq.quantizer.codebook.device)))
+            return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
+
+        Trainer("vq", VQStage(VQTokenizer(cfg.vq)), cfg.vq_train, run, {"vq": "vq"},
+                lambda start: batches(cfg.data, cfg.vq_train.batch_size // dist.world_size(), start),
+                recon, progress).fit()
+        vq = load_part(VQTokenizer(cfg.vq), run, "vq")
+        held_out = (images_to_tensor([s.image for s in chunk]) for chunk in _chunks(take(cfg.data, 1024), 256))
+        from t2i.codecs.vq import ReconstructionPipe
+        from t2i.eval.shapesbench import quick_score
+
+        ceiling = quick_score(ReconstructionPipe(vq, cfg.data.resolution))["shapesbench"]  # 100-prompt probe
+        stages.finish("vq", vq={**codebook_usage(vq, held_out), "reconstruction_shapesbench": ceiling})
+    vq = load_part(VQTokenizer(cfg.vq), run, "vq")
+
+    if stages.todo("transformer"):
+        stage = TokenStage(pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, cfg.text.max_len, cfg.net.cond_drop)
+
+        # Training-time previews and probes decode one candidate per prompt: no reranking, no notice about it.
+        def preview(model: nn.Module, step: int) -> Image.Image:
+            images = pipeline(cfg, tokenizer, vq, model.net)(PREVIEW_PROMPTS, seed=0, candidates=1)
+            return grid(images, PREVIEW_PROMPTS)
+
+        def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
+            from t2i.eval.shapesbench import quick_score
+
+            return quick_score(functools.partial(pipeline(cfg, tokenizer, vq, model.net), candidates=1))
+
+        data = generator_data(cfg.data, cfg.train.batch_size // dist.world_size(), tokenizer, cfg.text.max_len,
+                              lambda x: vq.encode(x).flatten(1), progress)
+        Trainer("transformer", stage, cfg.train, run, {"transformer": "net"}, data, preview, progress,
+                evaluate=quick_eval).fit()
+        stages.finish("transformer", params={"vq": param_count(vq), "transformer": param_count(stage.net)})
+    return stages.meta
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# ------------------------------------------------------------------------------------------ generate
+class TokenPipeline:
+    """Text -> images with a trained token run: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``.
+
+    Subclasses set `family` and `build_net(cfg, tokenizer, vq)`. Options left as None take the run's
+    `sample` defaults; options that do not apply to the family are one-line `UserError`s.
+    """
+
+    family = ""
+    _rerank_notice_shown = False
+
+    def __init__(self, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer, net: nn.Module,
+                 device: torch.device | None = None):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.device = device or dist.device()
+        self.vq, self.net = vq.to(self.device).eval(), net.to(self.device)
+        self.n_tokens = vq.grid(cfg.data.resolution) ** 2
+        self._clip: Any = None
+
+    @classmethod
+    def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, run: str | Path, cfg: Any) -> TokenPipeline:
+        run = Path(run)
+        require_complete(run, cls.family, STAGES)
+        tokenizer = Tokenizer.load(run / "tokenizer.json")
+        vq = load_part(VQTokenizer(cfg.vq), run, "vq")
+        net = load_part(cls.build_net(cfg, tokenizer, vq), run, "transformer")
+        return cls(cfg, tokenizer, vq, net)
+
+    @property
+    def sampler(self) -> str:
+        return "parallel" if getattr(self.net, "parallel", False) else "autoregressive"
+
+    def options(self, guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
+                top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
+                candidates: int | None = None) -> dict[str, Any]:
+        """The effective decoding options (given ones over the run's defaults), checked; also what
+        `t2i eval` records."""
+        sc = self.cfg.sample
+        if sampler is not None and sampler != self.sampler:
+            raise UserError(f"--sampler {sampler!r} does not apply to {self.family} runs, which decode "
+                            f"{self.sampler} (--sampler {self.sampler} or leave it out)")
+        if steps is not None and self.sampler == "autoregressive":
+            raise UserError(f"--steps applies to parallel decoding (maskgit runs); a {self.family} run decodes "
+                            f"one token per step ({self.n_tokens} steps); leave --steps out")
+        if candidates is not None and candidates < 1:
+            raise UserError(f"--candidates must be at least 1, got {candidates}")
+        opts = {"guidance": sc.guidance if guidance is None else guidance,
+                "temperature": sc.temperature if temperature is None else temperature,
+                "top_k": sc.top_k if top_k is None else top_k, "top_p": sc.top_p if top_p is None else top_p,
+                "steps": (sc.steps if steps is None else steps) if self.sampler == "parallel" else self.n_tokens,
+                "sampler": self.sampler, "candidates": sc.candidates if candidates is None else candidates}
+        check_options(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
+        return opts
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None,
+                 guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
+                 candidates: int | None = None, clip: Any = None, use_cache: bool = True,
+                 init_image: Image.Image | None = None, strength: float | None = None,
+                 batch_size: int = 64) -> list[Image.Image]:
+        """One image per prompt; image i uses seed `seed + i` (or `seeds[i]`), whatever the batch.
+
+        With `candidates` N > 1 and a CLIP run (`clip`: a run directory or a loaded CLIP with
+        encode_image / encode_text), N images are drawn per prompt and the one CLIP rates closest to the
+        prompt is returned (DALL-E's reranking). `strength` is accepted for CLI uniformity and unused.
+        """
+        if init_image is not None:
+            raise UserError(f"--init-image (img2img) is not supported by {self.family} runs; leave it out")
+        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates)
+        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        n = opts["candidates"]
+        clip_model = self._load_clip(clip if clip is not None else self.cfg.sample.clip) if n > 1 else None
+        if n > 1 and clip_model is None:
+            if not TokenPipeline._rerank_notice_shown:
+                print(f"t2i: CLIP reranking is off: no CLIP run given (pass --clip RUN, a run of `t2i train "
+                      f"--family clip`); returning 1 image per prompt instead of the best of {n}", file=sys.stderr)
+                TokenPipeline._rerank_notice_shown = True
+            n = 1
+        decode = DecodeOptions(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
+        # Candidate 0 of an image uses the image's own seed, so reranking only ever adds alternatives.
+        all_prompts = [p for p in prompts for _ in range(n)]
+        all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]
+        images: list[Image.Image] = []
+        for i in range(0, len(all_prompts), batch_size):
+            images += self._generate(all_prompts[i:i + batch_size], all_seeds[i:i + batch_size], decode, use_cache)
+        if n == 1:
+            return images
+        return rerank(clip_model, prompts, images, n)
+
+    def _generate(self, prompts: list[str], seeds: list[int], opts: DecodeOptions, use_cache: bool) -> list:
+        ids, mask = self.tokenizer.encode(prompts, self.cfg.text.max_len)
+        cond = self.net.prepare(ids.to(self.device), mask.to(self.device))
+        uncond = None
+        if opts.guidance != 1.0:
+            null_ids, null_mask = self.tokenizer.encode([""] * len(prompts), self.cfg.text.max_len)
+            uncond = self.net.prepare(null_ids.to(self.device), null_mask.to(self.device))
+        if self.sampler == "parallel":
+            tokens = sample_parallel(self.net.masked_logits, cond, uncond, self.n_tokens, self.net.mask_id, seeds,
+                                     opts, device=self.device)
+        else:
+            tokens = sample_autoregressive(self.net.next_logits, cond, uncond, self.n_tokens, seeds, opts,
+                                           self.net.layers, use_cache=use_cache, device=self.device)
+        return tensor_to_images(self.vq.decode(tokens))
+
+    def _load_clip(self, clip: Any) -> Any:
+        if not clip:
+            return None
+        if not isinstance(clip, str | Path):
+            return clip  # an already loaded CLIP
+        if self._clip is None:
+            import t2i
+
+            model = t2i.load(clip)
+            if not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
+                raise UserError(f"--clip {clip} is a {read_meta(clip).get('family')!r} run, not a CLIP run; "
+                                "train one with `t2i train --family clip`")
+            self._clip = model
+        return self._clip
+
+
+@torch.no_grad()
+def rerank(clip: Any, prompts: list[str], images: list[Image.Image], n: int) -> list[Image.Image]:
+    """For each prompt, the one of its `n` consecutive candidate images with the highest CLIP similarity."""
+    img = torch.as_tensor(clip.encode_image(images)).float().cpu()
+    txt = torch.as_tensor(clip.encode_text(prompts)).float().cpu()
+    scores = (img.reshape(len(prompts), n, -1) * txt[:, None]).sum(-1)
+    best = scores.argmax(dim=1).tolist()
+    return [images[i * n + j] for i, j in enumerate(best)]

@@ -1,0 +1,100 @@
+"""What every multi-stage family shares around its trainers: stage bookkeeping, the BPE stage, previews.
+
+A run trains in stages (tokenizer -> codec -> generator); `run.json` records which are done and how long
+each took, so `t2i train --resume` skips finished stages and `t2i compare` can report training time per
+stage. Keeping that here means a family file only says what each stage trains.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from t2i.data.tokenizer import Tokenizer
+from t2i.nn.transformer import TextEncoderConfig
+from t2i.train import dist
+from t2i.train.data import DataConfig, captions
+from t2i.train.run import read_meta, write_meta
+
+PREVIEW_PROMPTS = ["a red circle", "a large blue square", "a green triangle and a yellow circle",
+                   "a red circle left of a blue square", "three purple circles", "a small orange triangle",
+                   "a gray square above a cyan triangle", "two green squares"]
+
+
+@dataclass
+class TextConfig:
+    """The text side of a family with its own text transformer: the BPE it trains, and the encoder's shape."""
+
+    vocab_size: int = 512  # BPE target; the trained tokenizer's actual size is what the encoder gets
+    max_len: int = 24
+    tokenizer_captions: int = 20000
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+
+    def encoder(self, vocab_size: int) -> TextEncoderConfig:
+        return TextEncoderConfig(vocab_size=vocab_size, max_len=self.max_len, dim=self.dim, depth=self.depth,
+                                 heads=self.heads)
+
+
+class Stages:
+    """`run.json`'s stage record: `todo(stage)` starts a stage's clock, `finish(stage, **extra)` records it.
+
+    Only rank 0 writes; every rank waits at a barrier so none starts the next stage on stale files.
+    """
+
+    def __init__(self, run: Path):
+        self.run = Path(run)
+        self.meta = read_meta(self.run)
+        self.meta.setdefault("stages_done", [])
+        self.meta.setdefault("train_seconds", {})
+        self._started: dict[str, float] = {}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.meta["stages_done"]
+
+    def todo(self, stage: str) -> bool:
+        """True when `stage` still has to run (and its clock starts now)."""
+        if self.done(stage):
+            return False
+        self._started[stage] = time.perf_counter()
+        return True
+
+    def finish(self, stage: str, **extra: Any) -> None:
+        seconds = self.meta["train_seconds"]
+        t0 = self._started.pop(stage, time.perf_counter())
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+        self.meta["stages_done"].append(stage)
+        self.meta.update(extra)
+        if dist.is_main():
+            write_meta(self.run, self.meta)
+        dist.barrier()
+
+
+def tokenizer_stage(stages: Stages, data: DataConfig, n_captions: int, vocab_size: int) -> Tokenizer:
+    """The first stage of every text-conditioned family: byte-level BPE trained on the run's captions."""
+    if stages.todo("tokenizer"):
+        if dist.is_main():
+            Tokenizer.train(captions(data, n_captions), vocab_size).save(stages.run)
+        dist.barrier()
+        stages.finish("tokenizer")
+    return Tokenizer.load(stages.run / "tokenizer.json")
+
+
+def take(data: DataConfig, n: int) -> list:
+    """`n` samples from a seed no training run reads: fixed inputs for previews and measurements."""
+    from t2i.data.sources import open_source
+
+    return list(open_source(data.source, resolution=data.resolution, seed=data.seed + 10_000, n=n))
+
+
+def grid(images: list[Image.Image], captions_: list[str]) -> Image.Image:
+    """A captioned 8-column grid: what the trainers write into samples/."""
+    from t2i.data.sample import Sample
+    from t2i.data.sources import preview_grid
+
+    return preview_grid([Sample(im, c) for im, c in zip(images, captions_, strict=True)], cols=8)

@@ -1,0 +1,102 @@
+"""The lab CLIP at toy size: train (CLI and API), the stable encode API, retrieval, CLIP-score conventions."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import t2i
+from t2i.api import train
+from t2i.errors import UserError
+from t2i.eval.clipscore import clip_s_hessel, clip_score_100, clip_scores
+from t2i.families.clip import retrieval_pool, zero_shot_retrieval
+from t2i.train.run import images_to_tensor, read_meta
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip") / "run"
+    r = subprocess.run([sys.executable, "-m", "t2i.cli", "train", "--family", "clip", "--preset", "tiny",
+                        "--data", "shapes", "--out", str(out), "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_run_directory_and_meta(run):
+    meta = read_meta(run)
+    assert meta["family"] == "clip" and meta["stages_done"] == ["tokenizer", "clip"]
+    assert meta["params"]["clip"] > 0 and set(meta["train_seconds"]) == {"tokenizer", "clip"}
+    assert {"config.yaml", "tokenizer.json", "clip.safetensors", "log.csv"} <= {p.name for p in run.iterdir()}
+
+
+def test_encode_api_gives_unit_vectors_and_agrees_across_input_types(run):
+    clip = t2i.load(run)
+    samples = retrieval_pool(6)
+    images = [s.image for s in samples]
+    img = clip.encode_image(images)
+    txt = clip.encode_text([s.caption for s in samples])
+    assert img.shape == txt.shape == (6, clip.embed_dim) and img.dtype == torch.float32
+    assert torch.allclose(img.norm(dim=-1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(clip.encode_image(images_to_tensor(images)), img, atol=1e-6)  # PIL == tensor input
+    big = [im.resize((128, 128)) for im in images]
+    assert clip.encode_image(big).shape == (6, clip.embed_dim)  # any size is resized to the model's
+    sims = clip.similarity(images, [s.caption for s in samples])
+    assert torch.allclose(sims, img @ txt.T, atol=1e-6)
+    assert torch.allclose(clip.cosine(images, [s.caption for s in samples]), sims.diagonal(), atol=1e-6)
+    # A batch does not change an embedding.
+    assert torch.allclose(clip.encode_text([samples[2].caption]), txt[2:3], atol=1e-5)
+
+
+def test_clip_run_refuses_to_generate_and_bad_inputs(run):
+    clip = t2i.load(run)
+    with pytest.raises(UserError, match="cannot generate images"):
+        clip(["a red circle"])
+    with pytest.raises(UserError, match="list of prompts"):
+        clip.encode_text("a red circle")
+    with pytest.raises(UserError, match=r"\(B, 3, H, W\)"):
+        clip.encode_image(torch.zeros(3, 64, 64))
+    with pytest.raises(UserError, match="2 images and 3 prompts"):
+        clip.cosine(torch.zeros(2, 3, 64, 64), ["a", "b", "c"])
+    r = subprocess.run([sys.executable, "-m", "t2i.cli", "generate", str(run), "a red circle", "--out", "x.png"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot generate images" in r.stderr
+
+
+def test_contrastive_training_lowers_the_loss(tmp_path):
+    out = tmp_path / "learn"
+    train("clip", out, preset="tiny", overrides=["train.steps=40", "train.batch_size=16", "train.lr=3e-3"],
+          progress=False)
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    first, last = float(rows[0]["loss"]), sum(float(r["loss"]) for r in rows[-5:]) / 5
+    assert last < first - 0.5
+
+
+def test_zero_shot_retrieval_reports_top1_top5_and_kinds(run):
+    res = zero_shot_retrieval(t2i.load(run), candidates=10, groups=2)
+    assert res["queries"] == 20 and 0 <= res["top1"] <= res["top5"] <= 1
+    assert set(res["kinds"]) <= {"single_object", "size", "two_object", "position", "counting"}
+    pool = retrieval_pool(30)
+    assert len({s.meta["canonical"] for s in pool}) == 30  # one right image per caption
+
+
+def test_clip_score_conventions_are_distinct():
+    cos = [0.5, -0.2, 0.3]
+    assert clip_score_100(cos) == pytest.approx(20.0)  # 100 x mean(cos), clamped after the mean
+    assert clip_s_hessel(cos) == pytest.approx(2.5 * (0.5 + 0.0 + 0.3) / 3)  # clamped per pair
+    assert clip_score_100([-0.3, 0.1]) == 0.0
+    with pytest.raises(UserError, match="no image-prompt pairs"):
+        clip_score_100([])
+
+
+def test_clip_scores_follow_their_formulas_on_real_cosines(run):
+    clip = t2i.load(run)
+    samples = retrieval_pool(8)
+    images, captions = [s.image for s in samples], [s.caption for s in samples]
+    res = clip_scores(clip, images, captions)
+    cos = clip.cosine(images, captions)
+    assert res["clip_score_100"] == pytest.approx(max(100 * float(cos.mean()), 0.0), rel=1e-6)
+    assert res["clip_s_hessel"] == pytest.approx(float((2.5 * cos.clamp(min=0)).mean()), rel=1e-6)
+    assert len(res["cosines"]) == 8

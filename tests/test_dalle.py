@@ -1,0 +1,153 @@
+"""The DALL-E family end to end at toy size: train, generate, CLIP reranking, CLI options and errors, eval."""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import t2i
+from t2i.api import train
+from t2i.errors import UserError
+from t2i.tokens.family import TokenPipeline
+from t2i.train.run import read_meta
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "t2i.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dalle") / "run"
+    train("dalle", str(out), preset="tiny", progress=False)
+    return out
+
+
+def test_run_directory_layout(run):
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "run.json", "tokenizer.json", "vq.safetensors", "transformer.safetensors",
+            "train_state.pt", "log.csv", "samples"} <= names
+    meta = read_meta(run)
+    assert meta["stages_done"] == ["tokenizer", "vq", "transformer"]
+    assert 0 < meta["vq"]["codes_used"] <= 32 and 0 <= meta["vq"]["reconstruction_shapesbench"] <= 1
+    assert {p.name for p in (run / "samples").iterdir()} == {"vq_000004.png", "transformer_000006.png"}
+
+
+def test_generate_is_seeded_batch_independent_and_cache_exact(run):
+    pipe = t2i.load(str(run))
+    a = pipe(["a red circle", "two blue squares"], seed=5, candidates=1)
+    b = pipe(["two blue squares"], seeds=[6], candidates=1)
+    assert a[0].size == (64, 64) and a[0].mode == "RGB"
+    assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))
+    c = pipe(["a red circle", "two blue squares"], seed=5, candidates=1, use_cache=False)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c, strict=True))
+    assert len(pipe([""], guidance=1.0, top_k=3, top_p=0.9, temperature=0.7, candidates=1)) == 1
+
+
+class FakeClip:
+    """A stand-in for the lab CLIP: image embedding = (mean red, 1), text embedding = (1, 0), so it prefers red."""
+
+    def encode_image(self, images):
+        return torch.tensor([[np.asarray(im, float)[..., 0].mean(), 1.0] for im in images])
+
+    def encode_text(self, texts):
+        return torch.tensor([[1.0, 0.0]] * len(texts))
+
+
+def test_clip_reranking_returns_the_best_candidate(run):
+    pipe = t2i.load(str(run))
+    best = pipe(["a red circle"], seed=3, candidates=3, clip=FakeClip())[0]
+    cands = pipe(["a red circle"] * 3, seeds=[3, 4 * 1_000_003 + 1, 4 * 1_000_003 + 2], candidates=1)
+    reds = [np.asarray(im, float)[..., 0].mean() for im in cands]
+    assert np.array_equal(np.asarray(best), np.asarray(cands[int(np.argmax(reds))]))
+
+
+def test_reranking_off_without_clip_says_so(run, capsys):
+    TokenPipeline._rerank_notice_shown = False
+    pipe = t2i.load(str(run))
+    assert pipe.cfg.sample.candidates == 4 and pipe.cfg.sample.clip == ""
+    assert len(pipe(["a red circle"], seed=0)) == 1
+    assert "CLIP reranking is off" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"steps": 4}, "--steps applies to parallel decoding"),
+    ({"sampler": "ddim"}, "--sampler 'ddim' does not apply to dalle runs"),
+    ({"top_k": 0}, "--top-k must be a positive"),
+    ({"candidates": 0}, "--candidates must be at least 1"),
+    ({"init_image": object()}, "--init-image (img2img) is not supported"),
+    ({"clip": "/nonexistent-clip"}, "does not exist"),
+])
+def test_pipeline_rejects_options_that_do_not_apply(run, kwargs, message):
+    pipe = t2i.load(str(run))
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pipe(["a red circle"], candidates=kwargs.pop("candidates", 2), **kwargs)
+
+
+def test_long_prompts_are_truncated_with_a_warning(run, caplog):
+    pipe = t2i.load(str(run))
+    with caplog.at_level("WARNING"):
+        assert len(pipe(["a red circle left of a blue square " * 5], candidates=1)) == 1
+    assert "truncated" in caplog.text
+
+
+def test_decoding_options_that_a_family_does_not_take_are_errors():
+    from t2i.cli import _decoding_options
+
+    class DiffusionPipe:
+        family = "ldm"
+
+        def __call__(self, prompts, steps=None, guidance=None, seed=0, seeds=None):
+            return []
+
+    args = argparse.Namespace(temperature=None, top_k=5, top_p=None, candidates=None, rerank=None, steps=None,
+                              guidance=None, sampler=None)
+    with pytest.raises(UserError, match="--top-k does not apply to ldm runs"):
+        _decoding_options(args, DiffusionPipe())
+    args.top_k = None
+    assert _decoding_options(args, DiffusionPipe()) == {}
+    args.sampler = "parallel"
+    with pytest.raises(UserError, match="unknown sampler 'parallel'"):
+        _decoding_options(args, DiffusionPipe())
+
+
+def test_cli_generate_and_eval(run, tmp_path):
+    r = cli("generate", run, "a red circle", "-n", 2, "--top-k", 8, "--temperature", 0.9, "--guidance", 2,
+            "--candidates", 1, "--out", tmp_path / "g.png", "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.png").is_file()
+    r = cli("eval", run, "--n", 10, "--top-p", 0.9, "--candidates", 1, "-q")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((run / "eval" / "shapesbench.json").read_text())
+    assert res["sampling"]["sampler"] == "autoregressive" and res["sampling"]["top_p"] == 0.9
+    assert res["sampling"]["images"] == 10 and 0 <= res["overall"] <= 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--top-k", "0"], "--top-k must be a positive"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--steps", "3"], "--steps applies to parallel decoding"),
+])
+def test_cli_generate_bad_options(run, tmp_path, args, message):
+    r = cli("generate", run, "a red circle", "--out", tmp_path / "x.png", *args)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_tokenizer_reuse_and_its_errors(run, tmp_path):
+    out = tmp_path / "reuse"
+    r = cli("train", "--family", "dalle", "--preset", "tiny", "--tokenizer", run, "--out", out,
+            "--set", "train.steps=2", "-q")
+    assert r.returncode == 0, r.stderr
+    meta = read_meta(out)
+    assert meta["tokenizer_from"] == str(run) and meta["stages_done"] == ["tokenizer", "vq", "transformer"]
+    assert (out / "vq.safetensors").read_bytes() == (run / "vq.safetensors").read_bytes()
+    assert "vq_000004.png" not in {p.name for p in (out / "samples").iterdir()}  # no VQ was trained
+    r = cli("train", "--family", "ldm", "--preset", "tiny", "--tokenizer", run, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--tokenizer RUN applies to a new run of a token family" in r.stderr
+    r = cli("train", "--family", "dalle", "--preset", "tiny", "--tokenizer", tmp_path / "nope", "--out", tmp_path / "y")
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
