@@ -22,6 +22,7 @@ from t2i.diffusion import (
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
     sample_euler,
     sample_heun,
     schedule_sigmas,
@@ -67,6 +68,7 @@ def start_noise(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tens
         ("ddim", 100, {"eta": 0.5}),
         ("heun", 30, {}),
         ("dpmpp-2m", 30, {}),
+        ("dpmpp-2m-sde", 60, {}),
         ("ddpm", 200, {}),
     ],
 )
@@ -142,7 +144,8 @@ def test_ddim_interpolates_between_euler_and_ddpm():
     torch.testing.assert_close(ddim1, ddpm)
 
 
-@pytest.mark.parametrize(("sampler", "eta"), [(sample_ddpm, 1.0), (sample_ddim, 1.0), (sample_ddim, 0.5)])
+@pytest.mark.parametrize(("sampler", "eta"), [(sample_ddpm, 1.0), (sample_ddim, 1.0), (sample_ddim, 0.5),
+                                             (sample_dpmpp_2m_sde, 1.0)])
 def test_stochastic_step_is_the_ve_posterior(sampler, eta):
     """One step with a constant denoiser c from x at sigma to sigma':
 
@@ -151,7 +154,7 @@ def test_stochastic_step_is_the_ve_posterior(sampler, eta):
     """
     c, x_val, sigma, sigma_next = 0.3, 1.5, 2.0, 0.5
     x = torch.full((200_000, 1), x_val, dtype=torch.float64)
-    kwargs = {"eta": eta} if sampler is sample_ddim else {}
+    kwargs = {"eta": eta} if sampler in (sample_ddim, sample_dpmpp_2m_sde) else {}
     out = sampler(
         lambda x, s: torch.full_like(x, c),
         x,
@@ -231,3 +234,13 @@ def test_denoiser_wrapper_in_float32():
         x = MU + (S**2 + sigma**2) ** 0.5 * z
         s_in = torch.full((64,), sigma)
         torch.testing.assert_close(denoiser(x, s_in), gaussian_denoiser(x, s_in), rtol=1e-4, atol=1e-4)
+
+
+def test_dpmpp_2m_sde_without_noise_is_dpmpp_2m():
+    """eta = 0 removes the noise and the extra decay: the SDE solver must reduce to the ODE solver exactly."""
+    z = start_noise(3, torch.float64) * 80.0
+    sigmas = karras_sigmas(12, 0.002, 80.0).double()
+    ode = sample_dpmpp_2m(gaussian_denoiser, z, sigmas, disable=True)
+    sde = sample_dpmpp_2m_sde(gaussian_denoiser, z, sigmas, disable=True, eta=0.0,
+                              generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sde, ode)

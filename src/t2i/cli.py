@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     def sampling(q: argparse.ArgumentParser) -> None:
         q.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
         q.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-        q.add_argument("--sampler", help="diffusion: ddpm | ddim | euler | heun | dpmpp-2m; token runs: "
+        q.add_argument("--sampler", help="diffusion: ddpm | ddim | euler | heun | dpmpp-2m | dpmpp-2m-sde; token runs: "
                        "autoregressive (dalle, parti) | parallel (maskgit)")
         q.add_argument("--temperature", type=float, help="token runs: sampling temperature (> 0)")
         q.add_argument("--top-k", type=int, help="token runs: sample among the k most likely codes")

@@ -37,6 +37,7 @@ from t2i.diffusion.samplers import (
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
     sample_euler,
     sample_heun,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "sample_euler",
     "sample_heun",
     "schedule_sigmas",

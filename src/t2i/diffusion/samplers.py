@@ -197,12 +197,58 @@ def sample_dpmpp_2m(
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    model: Model,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 1.0,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, k-diffusion's midpoint form): the stochastic variant.
+
+    With h = log(sigma / sigma_next), a first-order step is
+    ``x_next = (sigma_next / sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D + sigma_next sqrt(1 - e^{-2 eta h}) z``;
+    at eta = 1 that is exactly the DDPM posterior step of `sample_ddpm`, and eta = 0 gives the ODE solver.
+    The second-order part adds ``0.5 (1 - e^{-(1 + eta) h}) (D - D_prev) / r``. Why it exists: the noise
+    injected at each step corrects errors in the learned denoiser that an ODE solver carries to the end --
+    on the shapes models, 20 ancestral steps beat 20 deterministic ones (docs/ldm.md) -- while the
+    multistep correction keeps 20 steps close to a many-step DDPM run.
+    """
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    old_denoised, h_last = None, None
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = torch.log(sigma / sigma_next)
+            eta_h = eta * h
+            x = (sigma_next / sigma) * torch.exp(-eta_h) * x - torch.expm1(-h - eta_h) * denoised
+            if old_denoised is not None and h_last is not None:
+                r = h_last / h
+                x = x - 0.5 * torch.expm1(-h - eta_h) * (denoised - old_denoised) / r
+            if eta > 0:
+                x = x + sigma_next * torch.sqrt(-torch.expm1(-2 * eta_h)) * _noise(x, generator)
+            h_last = h
+        old_denoised = denoised
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "euler": sample_euler,
     "heun": sample_heun,
     "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-2m-sde": sample_dpmpp_2m_sde,
 }
 
 
