@@ -101,29 +101,16 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def _decoding_options(args: argparse.Namespace, pipe=None) -> dict:
-    """The token-model options the user gave (temperature, top-k, top-p, reranking), checked; a run whose
-    pipeline does not take one of them is a one-line error naming it."""
-    import inspect
-
+    """The token-model options the user gave (temperature, top-k, top-p, reranking), checked before any
+    model loads; with the loaded `pipe`, also checked against what its family takes."""
+    from t2i.eval.runs import sampling_options
     from t2i.tokens.decoding import check_options
 
     check_options(args.temperature, args.top_k, args.top_p)
     given = {k: v for k, v in {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                                "candidates": args.candidates, "clip": args.rerank}.items() if v is not None}
     if pipe is not None:
-        accepted = inspect.signature(pipe.__call__).parameters
-        for k in given:
-            if k not in accepted:
-                flag = "--rerank" if k == "clip" else "--" + k.replace("_", "-")
-                raise UserError(f"{flag} does not apply to {getattr(pipe, 'family', '?')} runs (it is for token "
-                                "families: dalle, parti, maskgit); leave it out")
-        if hasattr(pipe, "options"):  # check the run's own options before any generating starts
-            pipe.options(steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                         **{k: v for k, v in given.items() if k != "clip"})
-        elif args.sampler is not None:  # diffusion runs: the sampler must be one of the diffusion samplers
-            from t2i.diffusion.generate import check_options as check_diffusion
-
-            check_diffusion(1, 1.0, args.sampler)
+        sampling_options(pipe, args.steps, args.guidance, args.sampler, **given)
     return given
 
 
@@ -180,13 +167,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import t2i
     from t2i.eval.report import parse_metrics, report
     from t2i.eval.runs import evaluate
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
-    options = _decoding_options(args, t2i.load(args.run))  # one-line error if the run's family takes none
+    options = _decoding_options(args)  # checked against the run's family by `evaluate` before generating
     if args.name != "shapesbench":  # a named ShapesBench-only folder, as before the report existed
         if args.metrics or args.clip or args.inception:
             raise UserError("--name writes a plain ShapesBench folder; drop it to get the report with --metrics")

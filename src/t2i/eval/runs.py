@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from t2i.errors import UserError
 from t2i.eval.shapesbench import format_table, score_dir, spread_prompts, write_images
 
 
@@ -21,24 +23,43 @@ def generate_batched(pipe: Any, prompts: list[str], seeds: list[int], batch_size
     return images
 
 
+def sampling_options(pipe: Any, steps: int | None = None, guidance: float | None = None,
+                     sampler: str | None = None, **options: Any) -> dict[str, Any] | None:
+    """Check sampling options against a loaded run before anything is generated.
+
+    Families take different options (token runs: temperature, top_k, ...; diffusion runs: a diffusion
+    sampler), so an option the run's pipeline does not take is a one-line error naming its CLI flag, not a
+    TypeError halfway through generating. Token runs return their effective decoding options (given values
+    over the run's defaults: what `t2i eval` records); diffusion runs return None."""
+    from t2i.diffusion.generate import check_options
+
+    accepted = inspect.signature(pipe.__call__).parameters
+    for k in options:
+        if k not in accepted:
+            flag = "--rerank" if k == "clip" else "--" + k.replace("_", "-")
+            raise UserError(f"{flag} does not apply to {getattr(pipe, 'family', '?')} runs (it is for token "
+                            "families: dalle, parti, maskgit); leave it out")
+    if hasattr(pipe, "options"):  # token runs check their own options and sampler name
+        return pipe.options(steps=steps, guidance=guidance, sampler=sampler,
+                            **{k: v for k, v in options.items() if k != "clip"})
+    check_options(1, 1.0, sampler or "ddim")  # diffusion runs: one of the diffusion samplers
+    return None
+
+
 def evaluate(run: str | Path, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 64, progress: bool = True,
              out_name: str = "shapesbench", **options: Any) -> dict[str, Any]:
     """Writes RUN/eval/<out_name>/ (images + index.jsonl + shapesbench.json) and RUN/eval/<out_name>.json.
 
     `options` are family-specific sampling options passed on to the pipeline (e.g. top_k for token runs);
-    the pipeline validates them and the sampler name, so this stays family-neutral."""
+    `sampling_options` checks them against the run's family first, so this stays family-neutral."""
     import t2i
     from t2i.diffusion.generate import check_options
 
     check_options(1 if steps is None else steps, 1.0 if guidance is None else guidance, "ddim")
     run = Path(run)
     pipe = t2i.load(run)
-    if hasattr(pipe, "options"):  # token runs check their own options and sampler name
-        pipe.options(steps=steps, guidance=guidance, sampler=sampler,
-                     **{k: v for k, v in options.items() if k != "clip"})
-    else:
-        check_options(1, 1.0, sampler or "ddim")
+    used = sampling_options(pipe, steps, guidance, sampler, **options)
     prompts = spread_prompts(limit)  # a partial evaluation still covers every kind
     seeds = [seed + i for i in range(len(prompts))]
     t0 = time.perf_counter()
@@ -48,11 +69,8 @@ def evaluate(run: str | Path, steps: int | None = None, guidance: float | None =
     out = run / "eval" / out_name
     write_images(out, zip(images, prompts, seeds, strict=True))
     result = score_dir(out, progress=progress)
-    sc = pipe.cfg.sample
-    if hasattr(pipe, "options"):  # token pipelines report the options they actually decoded with
-        used = pipe.options(steps=steps, guidance=guidance, sampler=sampler,
-                            **{k: v for k, v in options.items() if k != "clip"})
-    else:
+    if used is None:  # diffusion runs: the given values over the run's defaults
+        sc = pipe.cfg.sample
         used = {"steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
                 "sampler": sampler or sc.sampler}
     result["sampling"] = {**used, "images": len(images), "seconds": round(seconds, 2),

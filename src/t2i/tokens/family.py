@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from t2i.codecs.vq import VQTokenizer, codebook_usage
 from t2i.data.tokenizer import Tokenizer
+from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
 from t2i.tokens.decoding import DecodeOptions, check_options, sample_autoregressive, sample_parallel
 from t2i.train import dist
@@ -106,9 +107,9 @@ class TokenStage(nn.Module):
                 codes = self.vq.encode(batch["image"]).flatten(1)
         ids, mask = batch["ids"], batch["mask"].bool()
         if self.cond_drop > 0:  # caption dropout: the model also learns p(image), for guidance
-            drop = torch.rand(ids.shape[0], generator=generator, device=ids.device) < self.cond_drop
-            ids = torch.where(drop[:, None], self.null_ids, ids)
-            mask = torch.where(drop[:, None], self.null_mask, mask)
+            drop = drop_condition(self.cond_drop, batch=ids.shape[0], generator=generator, device=ids.device)
+            ids = apply_null_condition(ids, self.null_ids, drop)
+            mask = apply_null_condition(mask, self.null_mask, drop)
         return self.net.loss(ids, mask, codes, generator)
 
 
