@@ -55,7 +55,9 @@ def test_detection_reads_attributes():
     ([Obj("red", "circle", "medium", 0.3, 0.5), Obj("blue", "square", "medium", 0.7, 0.5)], "a red circle", "expected 1"),
     ([Obj("red", "circle", "medium", 0.5, 0.5)], "a large red circle", "large"),
     ([Obj("red", "circle", "medium", 0.3, 0.5), Obj("blue", "square", "medium", 0.7, 0.5)],
-     "a red circle right of a blue square", "not right of"),
+     "a red circle right of a blue square", "not right of (found left of)"),
+    ([Obj("red", "circle", "medium", 0.5, 0.2), Obj("blue", "square", "medium", 0.5, 0.8)],
+     "a red circle right of a blue square", "not right of (found above)"),
     ([Obj("red", "circle", "small", 0.2, 0.5), Obj("red", "circle", "small", 0.6, 0.5)], "three red circles", "expected 3"),
 ])
 def test_wrong_images_fail_with_a_reason(objs, prompt, reason):

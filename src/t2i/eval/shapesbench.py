@@ -168,10 +168,13 @@ def judge(spec: PromptSpec, dets: list[Detection]) -> tuple[bool, str]:
         return False, f"expected {spec.color} {spec.shape} and {spec.color2} {spec.shape2}, found {found}"
     if spec.kind == "two_object":
         return True, ""
+    held: set[str] = set()
     for a, b in matches:
-        if spec.relation in relations(a.box, b.box):
+        held = relations(a.box, b.box)
+        if spec.relation in held:
             return True, ""
-    return False, f"objects right but not {spec.relation}: {found}"
+    # Say what the relation was: "the opposite" and "the other axis" are different failures to fix.
+    return False, f"objects right but not {spec.relation} (found {' and '.join(sorted(held)) or 'no clear relation'}): {found}"
 
 
 def score_image(image: Image.Image | np.ndarray, prompt: str) -> tuple[bool, str]:
