@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i.codecs.vq import VQConfig, VQTokenizer
-from t2i.data.tokenizer import Tokenizer
+from t2i.codecs.vq import VQConfig
 from t2i.nn.attention import KVCache
 from t2i.nn.gpt import TokenTransformer
 from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
@@ -105,11 +104,7 @@ class Pipeline(TokenPipeline):
     """Text -> images: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``; see `TokenPipeline`."""
 
     family = NAME
-
-    @classmethod
-    def build_net(cls, cfg: Config, tokenizer: Tokenizer, vq: VQTokenizer) -> DalleTransformer:
-        return DalleTransformer(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
-                                vq.grid(cfg.data.resolution) ** 2)
+    net_class = DalleTransformer
 
 
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:

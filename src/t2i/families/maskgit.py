@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i.codecs.vq import VQConfig, VQTokenizer
-from t2i.data.tokenizer import Tokenizer
+from t2i.codecs.vq import VQConfig
 from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
@@ -99,11 +98,7 @@ class Pipeline(TokenPipeline):
     """Text -> images in `steps` parallel steps: ``pipe(["a red circle"], steps=8, guidance=3, seed=0)``."""
 
     family = NAME
-
-    @classmethod
-    def build_net(cls, cfg: Config, tokenizer: Tokenizer, vq: VQTokenizer) -> MaskGitTransformer:
-        return MaskGitTransformer(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
-                                  vq.grid(cfg.data.resolution) ** 2)
+    net_class = MaskGitTransformer
 
 
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:

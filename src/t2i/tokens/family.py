@@ -138,7 +138,7 @@ def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
 def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeline]) -> dict[str, Any]:
     """Run every stage not yet done; each one checkpoints and resumes on its own (as the LDM family).
 
-    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` makes the network to train, and
+    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network to train, and
     an instance of it draws the previews and the training-time probe."""
     stages = Stages(run)
     if cfg.tokenizer_run and stages.todo("tokenizer"):
@@ -199,11 +199,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 class TokenPipeline:
     """Text -> images with a trained token run: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``.
 
-    Subclasses set `family` and `build_net(cfg, tokenizer, vq)`. Options left as None take the run's
+    Subclasses set `family` and `net_class`, a network built as
+    ``net_class(cfg.net, text_vocab, text_len, codebook_size, n_tokens)``. Options left as None take the run's
     `sample` defaults; options that do not apply to the family are one-line `UserError`s.
     """
 
     family = ""
+    net_class: type[nn.Module]
     _rerank_notice_shown = False
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer, net: nn.Module,
@@ -216,7 +218,8 @@ class TokenPipeline:
 
     @classmethod
     def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer) -> nn.Module:
-        raise NotImplementedError
+        return cls.net_class(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
+                             vq.grid(cfg.data.resolution) ** 2)
 
     @classmethod
     def load(cls, run: str | Path, cfg: Any) -> TokenPipeline:
