@@ -1,5 +1,8 @@
 """Test-wide settings."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -11,3 +14,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli("generate", run, ...)` runs `python -m t2i.cli` in a fresh process, as a user would: exit code and
+    stderr are what a user sees, so one-line-error tests read them. Returns the CompletedProcess."""
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "t2i.cli", *map(str, args)], capture_output=True, text=True)
+
+    return run

@@ -1,8 +1,6 @@
 """The lab CLIP at toy size: train (CLI and API), the stable encode API, retrieval, CLIP-score conventions."""
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,10 +14,9 @@ from t2i.train.run import images_to_tensor, read_meta
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(cli, tmp_path_factory):
     out = tmp_path_factory.mktemp("clip") / "run"
-    r = subprocess.run([sys.executable, "-m", "t2i.cli", "train", "--family", "clip", "--preset", "tiny",
-                        "--data", "shapes", "--out", str(out), "-q"], capture_output=True, text=True)
+    r = cli("train", "--family", "clip", "--preset", "tiny", "--data", "shapes", "--out", out, "-q")
     assert r.returncode == 0, r.stderr
     return out
 
@@ -50,7 +47,7 @@ def test_encode_api_gives_unit_vectors_and_agrees_across_input_types(run):
     assert torch.allclose(clip.encode_text([samples[2].caption]), txt[2:3], atol=1e-5)
 
 
-def test_clip_run_refuses_to_generate_and_bad_inputs(run):
+def test_clip_run_refuses_to_generate_and_bad_inputs(cli, run):
     clip = t2i.load(run)
     with pytest.raises(UserError, match="cannot generate images"):
         clip(["a red circle"])
@@ -60,8 +57,7 @@ def test_clip_run_refuses_to_generate_and_bad_inputs(run):
         clip.encode_image(torch.zeros(3, 64, 64))
     with pytest.raises(UserError, match="2 images and 3 prompts"):
         clip.cosine(torch.zeros(2, 3, 64, 64), ["a", "b", "c"])
-    r = subprocess.run([sys.executable, "-m", "t2i.cli", "generate", str(run), "a red circle", "--out", "x.png"],
-                       capture_output=True, text=True)
+    r = cli("generate", run, "a red circle", "--out", "x.png")
     assert r.returncode == 2 and "cannot generate images" in r.stderr
 
 

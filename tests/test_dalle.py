@@ -2,8 +2,6 @@
 
 import argparse
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,10 +12,6 @@ from t2i.api import train
 from t2i.errors import UserError
 from t2i.tokens.family import TokenPipeline
 from t2i.train.run import read_meta
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "t2i.cli", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +109,7 @@ def test_decoding_options_that_a_family_does_not_take_are_errors():
         _decoding_options(args, DiffusionPipe())
 
 
-def test_cli_generate_and_eval(run, tmp_path):
+def test_cli_generate_and_eval(cli, run, tmp_path):
     r = cli("generate", run, "a red circle", "-n", 2, "--top-k", 8, "--temperature", 0.9, "--guidance", 2,
             "--candidates", 1, "--out", tmp_path / "g.png", "-q")
     assert r.returncode == 0, r.stderr
@@ -133,12 +127,12 @@ def test_cli_generate_and_eval(run, tmp_path):
     (["--temperature", "0"], "--temperature must be > 0"),
     (["--steps", "3"], "--steps applies to parallel decoding"),
 ])
-def test_cli_generate_bad_options(run, tmp_path, args, message):
+def test_cli_generate_bad_options(cli, run, tmp_path, args, message):
     r = cli("generate", run, "a red circle", "--out", tmp_path / "x.png", *args)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_tokenizer_reuse_and_its_errors(run, tmp_path):
+def test_tokenizer_reuse_and_its_errors(cli, run, tmp_path):
     out = tmp_path / "reuse"
     r = cli("train", "--family", "dalle", "--preset", "tiny", "--tokenizer", run, "--out", out,
             "--set", "train.steps=2", "-q")

@@ -1,8 +1,6 @@
 """The LDM family end to end at toy size: train (all stages), resume, generate, img2img, eval, errors."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,10 +9,6 @@ import t2i
 from t2i.api import train
 from t2i.errors import UserError
 from t2i.train.run import read_meta, write_meta
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "t2i.cli", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def test_img2img_keeps_the_init_at_low_strength(run):
     assert dist(near, round_trip) < dist(far, round_trip)
 
 
-def test_cli_generate_grid_and_contract_folder(run, tmp_path):
+def test_cli_generate_grid_and_contract_folder(cli, run, tmp_path):
     r = cli("generate", run, "a red circle left of a blue square", "-n", 3, "--steps", 2, "--out", tmp_path / "g.png", "-q")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g.png").is_file()
@@ -76,7 +70,7 @@ def test_cli_generate_grid_and_contract_folder(run, tmp_path):
     assert len({row["seed"] for row in rows}) == 4
 
 
-def test_cli_eval_writes_scores(run):
+def test_cli_eval_writes_scores(cli, run):
     r = cli("eval", run, "--n", 10, "--steps", 2, "-q")
     assert r.returncode == 0, r.stderr
     res = json.loads((run / "eval" / "shapesbench.json").read_text())
@@ -90,12 +84,12 @@ def test_cli_eval_writes_scores(run):
     (["--sampler", "plms"], "unknown sampler"),
     (["--init-image", "/nonexistent.png"], "cannot read --init-image"),
 ])
-def test_cli_generate_bad_options(run, tmp_path, args, message):
+def test_cli_generate_bad_options(cli, run, tmp_path, args, message):
     r = cli("generate", run, "a red circle", "--out", tmp_path / "x.png", *args)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_bad_run_directories(run, tmp_path):
+def test_bad_run_directories(cli, run, tmp_path):
     r = cli("generate", tmp_path / "missing", "a red circle", "--out", tmp_path / "x.png")
     assert r.returncode == 2 and "does not exist" in r.stderr
     partial = tmp_path / "partial"
@@ -109,7 +103,7 @@ def test_bad_run_directories(run, tmp_path):
         t2i.load(str(partial))
 
 
-def test_interrupted_run_resumes_to_completion(tmp_path):
+def test_interrupted_run_resumes_to_completion(cli, tmp_path):
     out = tmp_path / "r"
     train("ldm", str(out), preset="tiny", overrides=["train.steps=0"], progress=False)
     meta = read_meta(out)
@@ -130,7 +124,7 @@ def test_training_from_an_encoded_cache(tmp_path):
     assert len(t2i.load(str(out))(["a red circle"], steps=2)) == 1
 
 
-def test_demo_runs_end_to_end_with_the_tiny_preset(tmp_path):
+def test_demo_runs_end_to_end_with_the_tiny_preset(cli, tmp_path):
     r = cli("demo", "--preset", "tiny", "--n", 40, "--out", tmp_path, "-q")
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

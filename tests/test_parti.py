@@ -1,8 +1,6 @@
 """Parti (encoder-decoder, autoregressive) and MaskGIT (masked tokens, parallel decoding) end to end at toy size."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,10 +10,6 @@ import t2i
 from t2i.api import train
 from t2i.errors import UserError
 from t2i.train.run import read_meta, write_meta
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "t2i.cli", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +70,7 @@ def test_maskgit_loss_only_scores_masked_tokens():
     assert net.image_emb.weight.grad[net.mask_id].abs().sum() > 0  # [MASK] was used as an input
 
 
-def test_cli_maskgit_options(maskgit, tmp_path):
+def test_cli_maskgit_options(cli, maskgit, tmp_path):
     r = cli("generate", maskgit, "a red circle", "--steps", 3, "--sampler", "parallel", "--out", tmp_path / "a.png", "-q")
     assert r.returncode == 0, r.stderr
     r = cli("generate", maskgit, "a red circle", "--steps", 0, "--out", tmp_path / "b.png")
@@ -85,7 +79,7 @@ def test_cli_maskgit_options(maskgit, tmp_path):
     assert r.returncode == 2 and "does not apply to maskgit runs" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_cli_eval_parti(parti):
+def test_cli_eval_parti(cli, parti):
     r = cli("eval", parti, "--n", 10, "-q")
     assert r.returncode == 0, r.stderr
     res = json.loads((parti / "eval" / "shapesbench.json").read_text())
@@ -104,7 +98,7 @@ def test_bad_and_partial_runs(parti, tmp_path):
         train("maskgit", str(tmp_path / "m"), preset="tiny", overrides=[f"tokenizer_run={partial}"], progress=False)
 
 
-def test_interrupted_token_run_resumes(tmp_path, parti):
+def test_interrupted_token_run_resumes(cli, tmp_path, parti):
     out = tmp_path / "r"
     train("parti", str(out), preset="tiny", overrides=["train.steps=0", f"tokenizer_run={parti}"], progress=False)
     meta = read_meta(out)

@@ -2,8 +2,6 @@
 
 import json
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -105,8 +103,7 @@ def test_blank_and_noise_images_fail():
     assert not sb.score_image(noise, "a red circle")[0]
 
 
-def test_cli_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "t2i.cli", "bench", "score", str(tmp_path / "nope")],
-                       capture_output=True, text=True)
+def test_cli_bad_input_is_one_line(cli, tmp_path):
+    r = cli("bench", "score", tmp_path / "nope")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "not a directory" in r.stderr
