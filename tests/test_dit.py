@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from t2i.nn.dit import DiT, DiTConfig
@@ -53,3 +54,28 @@ def test_unet_pooled_conditioning():
     a = unet(x, t, ctx, pooled=torch.zeros(2, 8))
     b = unet(x, t, ctx, pooled=torch.ones(2, 8))
     assert not torch.allclose(a, b)
+
+
+def test_sincos_positions_encode_row_and_column_distance():
+    """A sin-cos table makes cells that are close on the grid close in embedding, on both axes alike."""
+    from t2i.nn.dit import sincos_2d
+
+    grid = 4
+    table = sincos_2d(grid, 64)
+    assert table.shape == (grid * grid, 64)
+    dist = torch.cdist(table, table)
+    cell = lambda r, c: r * grid + c  # noqa: E731
+    assert dist[cell(0, 0), cell(0, 1)] < dist[cell(0, 0), cell(0, 3)]
+    assert dist[cell(0, 0), cell(1, 0)] < dist[cell(0, 0), cell(3, 0)]
+    torch.testing.assert_close(dist[cell(0, 0), cell(0, 2)], dist[cell(0, 0), cell(2, 0)])
+    assert len({tuple(row.tolist()) for row in table}) == grid * grid  # every cell distinct
+
+
+def test_dit_pos_init_options():
+    from t2i.nn.dit import sincos_2d
+
+    model = DiT(DiTConfig(4, 4, input_size=8, patch=2, dim=32, depth=1, heads=2, pos_init="sincos"))
+    torch.testing.assert_close(model.pos.data[0], sincos_2d(4, 32))
+    assert model.pos.requires_grad  # a starting point, still learned
+    with pytest.raises(ValueError, match="random or sincos"):
+        DiT(DiTConfig(4, 4, input_size=8, patch=2, dim=32, depth=1, heads=2, pos_init="rope"))

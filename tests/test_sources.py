@@ -280,3 +280,44 @@ def test_shapes_source_if_available() -> None:
     parts = [list(open_source("shapes", n=5, resolution=32, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert [len(p) for p in parts] == [3, 2]
     assert [s.caption for s in parts[0]] == [s.caption for s in samples[0::2]]
+
+
+def test_shapes_kind_weights_reweight_kinds_and_keep_the_default_dataset() -> None:
+    from collections import Counter
+
+    from t2i.data.shapes import iter_samples
+
+    default = [s.caption for s in open_source("shapes", resolution=32, n=30)]
+    assert default == [s.caption for s in iter_samples(30, size=32)]  # no weights: the dataset is unchanged
+    kinds = Counter(s.meta["kind"] for s in open_source("shapes:position=6", resolution=32, n=200))
+    assert kinds["position"] > 100  # 6/10 expected
+    only = Counter(s.meta["kind"] for s in open_source(
+        "shapes:single_object=0,size=0,two_object=0,counting=0", resolution=32, n=20))
+    assert only == {"position": 20}
+    first, second = (list(open_source("shapes:counting=2", resolution=32, n=5, rank=1, world_size=2))
+                     for _ in range(2))
+    assert [s.caption for s in first] == [s.caption for s in second]  # still index-addressed
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("shapes:pos=3", "KIND=WEIGHT"),
+    ("shapes:position", "KIND=WEIGHT"),
+    ("shapes:position=many", "not a number"),
+    ("shapes:position=-1", ">= 0"),
+    ("shapes:single_object=0,size=0,two_object=0,position=0,counting=0", "all 0"),
+])
+def test_shapes_kind_weight_errors(spec: str, says: str) -> None:
+    with pytest.raises(UserError, match=says):
+        open_source(spec, n=1)
+
+
+def test_data_config_kind_weights_reach_training_batches_only_for_shapes() -> None:
+    from t2i.train.data import DataConfig, batches
+
+    cfg = DataConfig(resolution=32, kind_weights="single_object=0,size=0,two_object=0,counting=0")
+    assert cfg.train_spec() == "shapes:single_object=0,size=0,two_object=0,counting=0"
+    batch = next(batches(cfg, 8))
+    # every caption (canonical or paraphrase) names a relation
+    assert all(any(r in c for r in ("left of", "right of", "above", "below")) for c in batch["caption"])
+    assert DataConfig(source="data/x.tar", kind_weights="position=3").train_spec() == "data/x.tar"
+    assert DataConfig(source="shapes:counting=2", kind_weights="position=3").train_spec() == "shapes:counting=2"

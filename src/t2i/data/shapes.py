@@ -18,7 +18,7 @@ import itertools
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -246,9 +246,12 @@ def _allowed(pairs: list[tuple[str, str]], split: str) -> bool:
     return True
 
 
-def random_spec(rng: random.Random, split: str = "train", kind: str | None = None) -> PromptSpec:
-    """Draw a prompt spec of a kind (uniform over kinds by default) that belongs to `split`."""
-    kind = kind or rng.choice(KINDS)
+def random_spec(rng: random.Random, split: str = "train", kind: str | None = None,
+                kind_weights: Sequence[float] | None = None) -> PromptSpec:
+    """Draw a prompt spec of a kind that belongs to `split`: uniform over KINDS, or by `kind_weights` (one per
+    kind, in KINDS order). Uniform draws keep `rng.choice`, so the default dataset never changes."""
+    if kind is None:
+        kind = rng.choice(KINDS) if kind_weights is None else rng.choices(KINDS, weights=kind_weights)[0]
     while True:
         c, s = rng.choice(COLORS), rng.choice(SHAPES)
         if kind in ("two_object", "position"):
@@ -326,26 +329,51 @@ def _check(size: int, split: str) -> None:
 
 
 def make_sample(index: int, seed: int = 0, size: int = NATIVE_SIZE, split: str = "train",
-                paraphrase_prob: float = 0.5) -> Sample:
+                paraphrase_prob: float = 0.5, kind_weights: Sequence[float] | None = None) -> Sample:
     """Sample `index` of the dataset with this seed and split: deterministic, independent of any other."""
     _check(size, split)
     rng = random.Random(f"shapes:{seed}:{split}:{index}")
-    spec = random_spec(rng, split)
+    spec = random_spec(rng, split, kind_weights=kind_weights)
     objects = scene_for(spec, rng)
     caption = caption_for(spec, rng, paraphrase_prob)
     return Sample(render(objects, size), caption, metadata(spec, objects), key=f"{index:08d}")
 
 
 def iter_samples(n: int | None = None, seed: int = 0, size: int = NATIVE_SIZE, split: str = "train",
-                 start: int = 0, step: int = 1, paraphrase_prob: float = 0.5) -> Iterator[Sample]:
+                 start: int = 0, step: int = 1, paraphrase_prob: float = 0.5,
+                 kind_weights: Sequence[float] | None = None) -> Iterator[Sample]:
     """Samples start, start+step, ... (n of them, or forever): `step` lets ranks/workers take disjoint slices.
 
     Arguments are checked here, before the first sample is asked for, so a bad size or split fails before
     any output file is opened.
     """
     _check(size, split)
-    return (make_sample(start + k * step, seed, size, split, paraphrase_prob)
+    return (make_sample(start + k * step, seed, size, split, paraphrase_prob, kind_weights)
             for k in (range(n) if n is not None else itertools.count()))
+
+
+def parse_kind_weights(text: str) -> tuple[float, ...]:
+    """'position=3,counting=2' -> one weight per KINDS entry (unnamed kinds weigh 1), for `shapes:...` specs.
+
+    Reweighting lets a run spend more of its samples on the kinds it learns last (relations, counts)
+    without changing what each sample looks like.
+    """
+    weights = dict.fromkeys(KINDS, 1.0)
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in weights:
+            raise UserError(f"bad shapes kind weight {part.strip()!r}: write KIND=WEIGHT with KIND one of "
+                            f"{', '.join(KINDS)}, e.g. 'shapes:position=3,counting=2'")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise UserError(f"shapes kind weight for {name} is not a number: {value.strip()!r}") from None
+        if not weights[name] >= 0 or weights[name] == float("inf"):
+            raise UserError(f"shapes kind weight for {name} must be a finite number >= 0, got {value.strip()}")
+    if not sum(weights.values()) > 0:
+        raise UserError("shapes kind weights are all 0; give at least one kind a positive weight")
+    return tuple(weights[k] for k in KINDS)
 
 
 def render_prompt(prompt: str, seed: int = 0, size: int = NATIVE_SIZE) -> tuple[Image.Image, dict]:

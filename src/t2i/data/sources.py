@@ -45,7 +45,7 @@ log = logging.getLogger("t2i.data")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 SPEC_FORMS = (
-    "'shapes', a .tar shard, a shard pattern like 'data/{00000..00099}.tar', a directory of .tar shards, "
+    "'shapes' (or 'shapes:position=3,...' to reweight prompt kinds), a .tar shard, a shard pattern like 'data/{00000..00099}.tar', a directory of .tar shards, "
     "a directory of images with same-name .txt captions, 'coco:ANNOTATIONS_JSON,IMAGE_DIR' or 'coco:ROOT'"
 )
 _FORMATS = {"png": ("png", "PNG"), "jpg": ("jpg", "JPEG"), "jpeg": ("jpg", "JPEG"), "webp": ("webp", "WEBP")}
@@ -280,13 +280,21 @@ def _coco_plan(rest: str, split: str) -> _Plan:
     return _Plan(units, partial(_coco_records, image_dir, files))
 
 
-def _shapes_plan(n: int | None, seed: int, resolution: int, split: str) -> _Plan:
+def is_shapes(spec: str) -> bool:
+    """True for the embedded generator ('shapes' or 'shapes:KIND=W,...'): endless and index-addressed."""
+    return spec == "shapes" or spec.startswith("shapes:")
+
+
+def _shapes_plan(spec: str, n: int | None, seed: int, resolution: int, split: str) -> _Plan:
     """Shapes renders any index on demand, so a consumer renders only its slice r, r+C, ...: the same
     samples as items r, r+C, ... of the single-process stream, whatever the number of consumers."""
-    from t2i.data.shapes import iter_samples  # late: no other source needs the generator
+    from t2i.data.shapes import iter_samples, parse_kind_weights  # late: no other source needs the generator
+
+    weights = parse_kind_weights(spec[len("shapes:") :]) if spec.startswith("shapes:") else None
 
     def read_slice(start: int, step: int, count: int | None) -> Iterator[_Record]:
-        for sample in iter_samples(n=count, seed=seed, size=resolution, split=split, start=start, step=step):
+        for sample in iter_samples(n=count, seed=seed, size=resolution, split=split, start=start, step=step,
+                                   kind_weights=weights):
             yield _Record(sample.key, lambda s=sample: s)
 
     next(read_slice(0, 1, 1), None)  # a bad size or split fails now with the generator's UserError
@@ -298,8 +306,8 @@ def _resolve(spec: str, *, n: int | None, seed: int, resolution: int, split: str
         raise UserError(f"need resolution >= 1 and n >= 0, got resolution={resolution}, n={n}")
     if not spec.strip():
         raise UserError(f"empty data source; expected {SPEC_FORMS}")
-    if spec == "shapes":
-        return _shapes_plan(n, seed, resolution, split)
+    if is_shapes(spec):
+        return _shapes_plan(spec, n, seed, resolution, split)
     if spec.startswith("coco:"):
         return _coco_plan(spec[len("coco:") :], split)
     if "{" in spec:

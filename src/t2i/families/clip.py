@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from t2i.data.sources import is_shapes
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
 from t2i.nn.blocks import group_norm
@@ -150,7 +151,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len)
 
         def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
-            if cfg.data.source != "shapes":
+            if not is_shapes(cfg.data.source):
                 return {}
             res = zero_shot_retrieval(Pipeline(cfg, tokenizer, model.clip), groups=2)
             return {"retrieval_top1": res["top1"]}

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from t2i.nn.attention import Attention
-from t2i.nn.embeddings import TimestepEmbedding
+from t2i.nn.embeddings import TimestepEmbedding, timestep_embedding
 
 
 @dataclass
@@ -29,6 +29,24 @@ class DiTConfig:
     mlp_ratio: int = 4
     context_dim: int | None = None
     pooled_dim: int | None = None
+    # How the (learned) position table starts: "random" (N(0, 0.02), as in ViT) or "sincos" (DiT's fixed
+    # 2D sin-cos table, here only the starting point). With sincos, "left of" is already a direction in the
+    # embedding at step 0 instead of something the denoiser has to discover (docs/ldm.md, Round 4).
+    pos_init: str = "random"
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """(grid*grid, dim) table, row-major: half the channels encode the row, half the column (MAE/DiT layout).
+
+    Each half is the 1D sinusoid of `timestep_embedding` with max_period 10,000 over integer coordinates,
+    so neighbouring cells get similar vectors and a fixed offset is a fixed rotation of each frequency pair.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2D sin-cos position table needs dim divisible by 4, got {dim}")
+    coords = torch.arange(grid, dtype=torch.float32)
+    rows = timestep_embedding(coords, dim // 2)  # (grid, dim/2)
+    rr, cc = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([rows[rr.reshape(-1)], rows[cc.reshape(-1)]], dim=-1)
 
 
 class DiTBlock(nn.Module):
@@ -62,7 +80,10 @@ class DiT(nn.Module):
             raise ValueError(f"input_size {cfg.input_size} is not divisible by patch {p}")
         self.grid = cfg.input_size // p
         self.embed = nn.Linear(cfg.in_channels * p * p, d)
-        self.pos = nn.Parameter(torch.randn(1, self.grid**2, d) * 0.02)
+        if cfg.pos_init not in ("random", "sincos"):
+            raise ValueError(f"pos_init must be random or sincos, got {cfg.pos_init!r}")
+        table = sincos_2d(self.grid, d) if cfg.pos_init == "sincos" else torch.randn(self.grid**2, d) * 0.02
+        self.pos = nn.Parameter(table[None])
         self.time_embed = TimestepEmbedding(d, d)
         self.pooled_proj = nn.Linear(cfg.pooled_dim, d) if cfg.pooled_dim else None
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, cfg.context_dim) for _ in range(cfg.depth))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from t2i.data.sources import open_source
+from t2i.data.sources import is_shapes, open_source
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
 from t2i.train import dist
@@ -26,6 +26,14 @@ class DataConfig:
     # > 0: pass this many samples (per run, split over ranks) through the frozen first stage once and train
     # on shuffled epochs of the result. Encoding every batch anew costs as much as a small denoiser's step.
     cache: int = 0
+    # Prompt-kind weights for training on the embedded shapes source, e.g. "position=3,counting=2" ("" =
+    # uniform). A field rather than part of `source` so that `--data shapes` keeps a preset's recipe; other
+    # sources have no kinds and ignore it, and an explicit 'shapes:...' source wins.
+    kind_weights: str = ""
+
+    def train_spec(self) -> str:
+        """The source spec training batches read: `source` with the kind weights applied."""
+        return f"shapes:{self.kind_weights}" if self.kind_weights and self.source == "shapes" else self.source
 
 
 def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokenizer | None = None,
@@ -38,9 +46,9 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     rank, world = dist.rank(), dist.world_size()
     epoch, skip = 0, start
     while True:
-        stream = open_source(cfg.source, resolution=cfg.resolution, seed=cfg.seed + epoch, shuffle=cfg.shuffle,
-                             rank=rank, world_size=world, start=skip if cfg.source == "shapes" else 0)
-        if cfg.source != "shapes" and skip:
+        stream = open_source(cfg.train_spec(), resolution=cfg.resolution, seed=cfg.seed + epoch, shuffle=cfg.shuffle,
+                             rank=rank, world_size=world, start=skip if is_shapes(cfg.source) else 0)
+        if not is_shapes(cfg.source) and skip:
             stream = islice(stream, skip, None)
         got = 0
         while True:
@@ -56,7 +64,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
         if got == 0 and skip == 0:
             raise UserError(f"data source {cfg.source!r} has fewer than {batch_size} readable samples per rank; "
                             "use a bigger dataset or a smaller batch_size")
-        skip = max(skip - got, 0) if cfg.source != "shapes" else 0
+        skip = max(skip - got, 0) if not is_shapes(cfg.source) else 0
         epoch += 1
 
 
