@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -369,7 +370,7 @@ def parse_kind_weights(text: str) -> tuple[float, ...]:
             weights[name] = float(value)
         except ValueError:
             raise UserError(f"shapes kind weight for {name} is not a number: {value.strip()!r}") from None
-        if not weights[name] >= 0 or weights[name] == float("inf"):
+        if not (weights[name] >= 0 and math.isfinite(weights[name])):
             raise UserError(f"shapes kind weight for {name} must be a finite number >= 0, got {value.strip()}")
     if not sum(weights.values()) > 0:
         raise UserError("shapes kind weights are all 0; give at least one kind a positive weight")

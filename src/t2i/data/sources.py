@@ -45,8 +45,8 @@ log = logging.getLogger("t2i.data")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 SPEC_FORMS = (
-    "'shapes' (or 'shapes:position=3,...' to reweight prompt kinds), a .tar shard, a shard pattern like 'data/{00000..00099}.tar', a directory of .tar shards, "
-    "a directory of images with same-name .txt captions, 'coco:ANNOTATIONS_JSON,IMAGE_DIR' or 'coco:ROOT'"
+    "'shapes' (or 'shapes:position=3,...' to reweight prompt kinds), a .tar shard, a shard pattern like "
+    "'data/{00000..00099}.tar', a directory of .tar shards, a directory of images with same-name .txt captions, 'coco:ANNOTATIONS_JSON,IMAGE_DIR' or 'coco:ROOT'"
 )
 _FORMATS = {"png": ("png", "PNG"), "jpg": ("jpg", "JPEG"), "jpeg": ("jpg", "JPEG"), "webp": ("webp", "WEBP")}
 

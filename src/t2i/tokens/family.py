@@ -138,8 +138,8 @@ def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
 def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeline]) -> dict[str, Any]:
     """Run every stage not yet done; each one checkpoints and resumes on its own (as the LDM family).
 
-    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network to train, and
-    an instance of it draws the previews and the training-time probe."""
+    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network
+    to train, and an instance of it draws the previews and the training-time probe."""
     stages = Stages(run)
     if cfg.tokenizer_run and stages.todo("tokenizer"):
         src = _reuse_tokenizer(cfg, run)

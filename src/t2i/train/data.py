@@ -44,11 +44,13 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     resumed run gets exactly the batches it would have had.
     """
     rank, world = dist.rank(), dist.world_size()
+    spec = cfg.train_spec()
+    endless = is_shapes(spec)
     epoch, skip = 0, start
     while True:
-        stream = open_source(cfg.train_spec(), resolution=cfg.resolution, seed=cfg.seed + epoch, shuffle=cfg.shuffle,
-                             rank=rank, world_size=world, start=skip if is_shapes(cfg.source) else 0)
-        if not is_shapes(cfg.source) and skip:
+        stream = open_source(spec, resolution=cfg.resolution, seed=cfg.seed + epoch, shuffle=cfg.shuffle,
+                             rank=rank, world_size=world, start=skip if endless else 0)
+        if not endless and skip:
             stream = islice(stream, skip, None)
         got = 0
         while True:
@@ -64,7 +66,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
         if got == 0 and skip == 0:
             raise UserError(f"data source {cfg.source!r} has fewer than {batch_size} readable samples per rank; "
                             "use a bigger dataset or a smaller batch_size")
-        skip = max(skip - got, 0) if not is_shapes(cfg.source) else 0
+        skip = max(skip - got, 0) if not endless else 0
         epoch += 1
 
 
