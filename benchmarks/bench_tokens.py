@@ -62,11 +62,13 @@ def cache_speedup(run: Path, batch: int = 16, reps: int = 2) -> dict[str, float]
     out, times = {}, {}
     with torch.no_grad():
         for cached in (True, False):
-            sample_autoregressive(pipe.net.next_logits, cond, uncond, 4, seeds, opts, pipe.net.layers, cached)
+            net = pipe.net
+            sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, 4, net.slots, seeds, opts,
+                                  net.layers, cached)
             t = time.perf_counter()
             for _ in range(reps):
-                out[cached] = sample_autoregressive(pipe.net.next_logits, cond, uncond, pipe.n_tokens, seeds, opts,
-                                                    pipe.net.layers, use_cache=cached)
+                out[cached] = sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, net.positions,
+                                                    net.slots, seeds, opts, net.layers, use_cache=cached)
             times[cached] = (time.perf_counter() - t) / reps
     return {"cached_s": times[True], "uncached_s": times[False], "speedup": times[False] / times[True],
             "identical": bool(torch.equal(out[True], out[False])), "batch": batch}

@@ -49,25 +49,26 @@ def test_maskgit_shares_the_tokenizer_and_decodes_in_parallel(maskgit, parti):
     pipe = t2i.load(str(maskgit))
     assert pipe.sampler == "parallel" and pipe.options()["steps"] == 8
     calls = []
-    inner = pipe.net.masked_logits
-    pipe.net.masked_logits = lambda cond, tokens: calls.append(1) or inner(cond, tokens)
+    inner = pipe.net.masked_state
+    pipe.net.masked_state = lambda cond, tokens: calls.append(1) or inner(cond, tokens)
     out = pipe(["a red circle", "two blue squares"], seed=1, steps=4, guidance=1.0)
     assert len(out) == 2 and len(calls) == 4  # 64 tokens in 4 model calls
     again = pipe(["two blue squares"], seeds=[2], steps=4, guidance=1.0)
     assert np.array_equal(np.asarray(out[1]), np.asarray(again[0]))
 
 
-def test_maskgit_loss_only_scores_masked_tokens():
+@pytest.mark.parametrize("patch", [1, 2])
+def test_maskgit_loss_only_scores_masked_tokens(patch):
     from t2i.families.maskgit import MaskGitTransformer, NetConfig
 
     torch.manual_seed(0)
-    net = MaskGitTransformer(NetConfig(dim=16, depth=1, heads=2, text_depth=1), 40, 6, 8, 16)
+    net = MaskGitTransformer(NetConfig(dim=16, depth=1, heads=2, text_depth=1, patch=patch), 40, 6, 8, 16)
     ids, mask = torch.randint(3, 40, (4, 6)), torch.ones(4, 6, dtype=torch.bool)
     codes = torch.randint(0, 8, (4, 16))
     loss = net.loss(ids, mask, codes, torch.Generator().manual_seed(0))["loss"]
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
-    assert net.image_emb.weight.grad[net.mask_id].abs().sum() > 0  # [MASK] was used as an input
+    assert net.image_emb.weight.grad[net.image_emb.special(0)].abs().sum() > 0  # [MASK] was used as an input
 
 
 def test_cli_maskgit_options(cli, maskgit, tmp_path):

@@ -12,14 +12,15 @@ from t2i.families.parti import NetConfig as PartiNet
 from t2i.families.parti import PartiTransformer
 from t2i.tokens.decoding import (
     DecodeOptions,
+    Guide,
     check_options,
     filter_logits,
-    guided,
     mask_schedule,
     pick,
     sample_autoregressive,
     sample_parallel,
 )
+from t2i.tokens.patches import PatchEmbedding, PatchHead, from_patches, to_patches
 
 
 def test_top_k_keeps_exactly_k():
@@ -45,13 +46,13 @@ def test_pick_is_inverse_cdf():
 
 
 def test_guidance_on_logits():
-    def fn(c):
-        return c["x"]
-
     cond, uncond = {"x": torch.tensor([[1.0, 3.0]])}, {"x": torch.tensor([[1.0, 1.0]])}
-    assert torch.equal(guided(fn, cond, uncond, 1.0), cond["x"])
-    assert torch.equal(guided(fn, cond, uncond, 0.0), uncond["x"])
-    assert torch.equal(guided(fn, cond, uncond, 2.0), torch.tensor([[1.0, 5.0]]))
+    off = Guide(cond, uncond, 1.0)
+    assert off.cond is cond and torch.equal(off.mix(off.cond["x"]), cond["x"])
+    for g, want in ((0.0, uncond["x"]), (2.0, torch.tensor([[1.0, 5.0]]))):
+        guide = Guide(cond, uncond, g)
+        assert guide.cond["x"].shape == (2, 2) and guide.rows(torch.zeros(1, 3)).shape == (2, 3)
+        assert torch.equal(guide.mix(guide.cond["x"]), want)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -70,46 +71,102 @@ def test_bad_options_are_one_line_errors(kwargs, message):
     assert "\n" not in str(e.value)
 
 
-def _dalle():
+def _dalle(patch=1):
     torch.manual_seed(0)
-    return DalleTransformer(DalleNet(dim=32, depth=2, heads=2), text_vocab=50, text_len=6, codebook_size=16,
-                            n_tokens=9).eval()
+    return DalleTransformer(DalleNet(dim=32, depth=2, heads=2, patch=patch), text_vocab=50, text_len=6,
+                            codebook_size=16, n_tokens=9 if patch == 1 else 16).eval()
 
 
-def _parti():
+def _parti(patch=1):
     torch.manual_seed(0)
-    return PartiTransformer(PartiNet(dim=32, depth=2, heads=2, text_depth=1), text_vocab=50, text_len=6,
-                            codebook_size=16, n_tokens=9).eval()
+    return PartiTransformer(PartiNet(dim=32, depth=2, heads=2, text_depth=1, patch=patch), text_vocab=50, text_len=6,
+                            codebook_size=16, n_tokens=9 if patch == 1 else 16).eval()
+
+
+def _sample(net, cond, uncond, seeds, opts, use_cache=True):
+    return sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, net.positions, net.slots, seeds,
+                                 opts, net.layers, use_cache=use_cache)
 
 
 @pytest.mark.parametrize("make", [_dalle, _parti])
+@pytest.mark.parametrize("patch", [1, 2])
 @pytest.mark.parametrize("opts", [DecodeOptions(), DecodeOptions(guidance=3.0, top_k=5, temperature=0.8),
                                   DecodeOptions(top_p=0.9)])
-def test_cached_and_uncached_decoding_give_identical_samples(make, opts):
-    net = make()
+def test_cached_and_uncached_decoding_give_identical_samples(make, patch, opts):
+    net = make(patch)
     ids = torch.randint(3, 50, (3, 6))
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[1, 4:] = False
     cond = net.prepare(ids, mask)
     uncond = net.prepare(torch.zeros_like(ids), torch.ones_like(mask))
-    a = sample_autoregressive(net.next_logits, cond, uncond, 9, [1, 2, 3], opts, net.layers, use_cache=True)
-    b = sample_autoregressive(net.next_logits, cond, uncond, 9, [1, 2, 3], opts, net.layers, use_cache=False)
-    assert a.shape == (3, 9)
+    a = _sample(net, cond, uncond, [1, 2, 3], opts, use_cache=True)
+    b = _sample(net, cond, uncond, [1, 2, 3], opts, use_cache=False)
+    assert a.shape == (3, net.positions, patch * patch)
     assert torch.equal(a, b)
-    c = sample_autoregressive(net.next_logits, cond, uncond, 9, [4, 5, 6], opts, net.layers)
+    c = _sample(net, cond, uncond, [4, 5, 6], opts)
     assert not torch.equal(a, c)  # another seed, another sample
 
 
-def test_cached_logits_match_a_full_forward():
-    net = _dalle()
-    ids, codes = torch.randint(3, 50, (2, 6)), torch.randint(0, 16, (2, 9))
-    h = net.body(net.embed(ids, codes[:, :-1]))
-    full = net.image_head(h[:, 6:])
+def _teacher_forced(net, cond, patches):
+    """Logits (B, positions, slots, V) of a full forward pass, as training computes them."""
+    if isinstance(net, DalleTransformer):
+        return net.head(net.body(net.embed(cond["ids"], patches[:, :-1]))[:, 6:], patches)
+    return net.head(net.decoder(net.embed(patches[:, :-1]), cond["context"], cond["context_mask"]), patches)
+
+
+@pytest.mark.parametrize("make", [_dalle, _parti])
+@pytest.mark.parametrize("patch", [1, 2])
+def test_cached_decoding_steps_match_a_full_forward(make, patch):
+    """Each cached step's state, read slot by slot as decoding reads it, gives the training forward's logits."""
     from t2i.nn.attention import KVCache
 
+    net = make(patch)
+    ids, mask = torch.randint(3, 50, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    codes = torch.randint(0, 16, (2, net.positions * net.slots))
+    patches = to_patches(codes, patch)
+    cond = net.prepare(ids, mask)
+    full = _teacher_forced(net, cond, patches)
     caches = [KVCache() for _ in range(net.layers)]
-    step = [net.next_logits({"ids": ids}, codes[:, :i], caches) for i in range(9)]
-    torch.testing.assert_close(torch.stack(step, dim=1), full, atol=1e-5, rtol=1e-5)
+    steps = []
+    for i in range(net.positions):
+        h = net.next_state(cond, patches[:, :i], caches)
+        steps.append(torch.stack([net.head.slot_logits(h, patches[:, i, :j]) for j in range(net.slots)], dim=1))
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    if isinstance(net, PartiTransformer):  # context keys stored once, self-attention keys once per position
+        assert [c.length for c in caches] == [net.positions] * net.depth + [6] * net.depth
+
+
+def test_patches_round_trip_and_group_neighbours():
+    codes = torch.arange(16).reshape(1, 16)  # a 4x4 grid in raster order
+    patches = to_patches(codes, 2)
+    assert patches[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    assert torch.equal(from_patches(patches, 2), codes)
+    assert torch.equal(to_patches(codes, 1), codes[..., None])
+    with pytest.raises(ValueError, match="3x3 patches"):
+        to_patches(codes, 3)
+
+
+def test_patch_embedding_with_one_slot_is_an_embedding_table():
+    emb = PatchEmbedding(vocab=8, slots=1, dim=4, specials=2)
+    ids = torch.tensor([[0, 7, 8, 9]])
+    torch.testing.assert_close(emb(ids[..., None]), emb.weight[ids])
+    wide = PatchEmbedding(vocab=8, slots=4, dim=4)
+    sos = torch.full((1, 1, 4), 8)  # special 0 in every slot: embedded once
+    torch.testing.assert_close(wide(sos)[0, 0], wide.weight[wide.special(0)])
+    torch.testing.assert_close(wide(torch.tensor([[[1, 1, 0, 2]]]))[0, 0],
+                               wide.weight[[1, 9, 16, 26]].sum(0))  # slot k's code c is row 8k + c
+
+
+def test_patch_head_slots_see_only_the_codes_before_them():
+    torch.manual_seed(0)
+    head = PatchHead(dim=8, vocab=5, slots=4)
+    h, codes = torch.randn(2, 3, 8), torch.randint(0, 5, (2, 3, 4))
+    logits = head(h, codes)
+    changed = codes.clone()
+    changed[..., 2] = (codes[..., 2] + 1) % 5
+    again = head(h, changed)
+    torch.testing.assert_close(again[..., :3, :], logits[..., :3, :])  # slots 0-2 do not see slot 2's code
+    assert not torch.allclose(again[..., 3, :], logits[..., 3, :])  # slot 3 does
 
 
 def test_mask_schedule_is_cosine_and_reveals_every_step():
@@ -123,28 +180,21 @@ def test_mask_schedule_is_cosine_and_reveals_every_step():
         mask_schedule(0, 64)
 
 
-def test_parallel_decoding_follows_the_schedule():
+@pytest.mark.parametrize("slots", [1, 2])
+def test_parallel_decoding_follows_the_schedule(slots):
     n, mask_id, calls = 16, 10, []
 
-    def masked_logits(cond, tokens):
-        calls.append((tokens == mask_id).sum(dim=1).tolist())
-        logits = torch.full((tokens.shape[0], n, 10), -10.0)
-        logits[:, torch.arange(n), torch.arange(n) % 10] = 10.0  # position i wants code i % 10
-        return logits
+    def masked_state(cond, codes):
+        calls.append((codes[..., 0] == mask_id).sum(dim=1).tolist())
+        assert ((codes == mask_id).all(-1) | (codes != mask_id).all(-1)).all()  # whole positions are masked
+        return torch.arange(n, dtype=torch.float).expand(codes.shape[0], n)[..., None]  # the state: its index
 
-    out = sample_parallel(masked_logits, {"x": torch.zeros(2)}, None, n, mask_id, [0, 1], DecodeOptions(steps=4))
-    assert torch.equal(out, (torch.arange(n) % 10).expand(2, n))
+    def head(h, chosen):  # position i's slot j wants code (i + j) % 10
+        want = (h[..., 0].long() + chosen.shape[-1]) % 10
+        return torch.nn.functional.one_hot(want, 10).float() * 20 - 10
+
+    out = sample_parallel(masked_state, head, {"x": torch.zeros(2)}, None, n, slots, mask_id, [0, 1],
+                          DecodeOptions(steps=4))
+    want = (torch.arange(n)[:, None] + torch.arange(slots)) % 10
+    assert torch.equal(out, want.expand(2, n, slots))
     assert [c[0] for c in calls] == [16, *mask_schedule(4, n)[:-1]]  # one call per step, masks per schedule
-
-
-def test_parti_cached_logits_match_a_full_forward_and_reuse_the_encoder_keys():
-    from t2i.nn.attention import KVCache
-
-    net = _parti()
-    ids, mask, codes = torch.randint(3, 50, (2, 6)), torch.ones(2, 6, dtype=torch.bool), torch.randint(0, 16, (2, 9))
-    cond = net.prepare(ids, mask)
-    full = net.head(net.decoder(net.embed(codes[:, :-1]), cond["context"], cond["context_mask"]))
-    caches = [KVCache() for _ in range(net.layers)]
-    step = [net.next_logits(cond, codes[:, :i], caches) for i in range(9)]
-    torch.testing.assert_close(torch.stack(step, dim=1), full, atol=1e-5, rtol=1e-5)
-    assert [c.length for c in caches] == [9] * net.depth + [6] * net.depth  # context keys stored once

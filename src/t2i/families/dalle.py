@@ -27,6 +27,7 @@ from t2i.codecs.vq import VQConfig
 from t2i.nn.attention import KVCache
 from t2i.nn.gpt import TokenTransformer
 from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
+from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
 from t2i.train.data import DataConfig
 from t2i.train.trainer import TrainConfig
 
@@ -41,6 +42,7 @@ class NetConfig:
     heads: int = 4
     text_loss_weight: float = 0.125  # DALL-E: 1/8 text, 7/8 image
     cond_drop: float = 0.1
+    patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
 
 
 @dataclass
@@ -63,28 +65,35 @@ class DalleTransformer(nn.Module):
 
     def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
         super().__init__()
-        self.text_len, self.n_tokens, self.codebook_size = text_len, n_tokens, codebook_size
+        self.text_len, self.codebook_size, self.patch = text_len, codebook_size, cfg.patch
+        self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.text_weight, self.layers = cfg.text_loss_weight, cfg.depth
         self.text_emb = nn.Embedding(text_vocab, cfg.dim)
         self.text_pos = nn.Parameter(torch.randn(text_len, cfg.dim) * 0.02)
-        self.image_emb = nn.Embedding(codebook_size + 1, cfg.dim)  # the last id is <start-of-image>
-        self.image_pos = nn.Parameter(torch.randn(n_tokens, cfg.dim) * 0.02)
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim)  # special 0: <start-of-image>
+        self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True)
         self.text_head = nn.Linear(cfg.dim, text_vocab)
-        self.image_head = nn.Linear(cfg.dim, codebook_size)
+        self.image_head = PatchHead(cfg.dim, codebook_size, self.slots)
 
-    def embed(self, ids: Tensor, tokens: Tensor) -> Tensor:
-        """ids (B, text_len), image tokens so far (B, i < n_tokens) -> (B, text_len + 1 + i, dim)."""
-        sos = torch.full((tokens.shape[0], 1), self.codebook_size, dtype=torch.long, device=tokens.device)
-        image = torch.cat([sos, tokens], dim=1)
+    @property
+    def head(self) -> PatchHead:
+        """The image head under the name the shared decoding reads (`image_head` beside `text_head`)."""
+        return self.image_head
+
+    def embed(self, ids: Tensor, patches: Tensor) -> Tensor:
+        """ids (B, text_len), image patches so far (B, i, slots) -> (B, text_len + 1 + i, dim)."""
+        sos = patches.new_full((patches.shape[0], 1, self.slots), self.codebook_size)
+        image = torch.cat([sos, patches], dim=1)
         return torch.cat([self.text_emb(ids) + self.text_pos, self.image_emb(image) + self.image_pos[:image.shape[1]]],
                          dim=1)
 
     def loss(self, ids: Tensor, mask: Tensor, codes: Tensor, generator: torch.Generator | None = None
              ) -> dict[str, Tensor]:
-        h = self.body(self.embed(ids, codes[:, :-1]))
-        image_logits = self.image_head(h[:, self.text_len:])
-        image = F.cross_entropy(image_logits.float().flatten(0, 1), codes.flatten())
+        patches = to_patches(codes, self.patch)
+        h = self.body(self.embed(ids, patches[:, :-1]))
+        image_logits = self.image_head(h[:, self.text_len:], patches)
+        image = F.cross_entropy(image_logits.float().flatten(0, 2), patches.flatten())
         text_logits = self.text_head(h[:, :self.text_len - 1])
         target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)  # no loss on predicting padding
         text = F.cross_entropy(text_logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
@@ -93,11 +102,12 @@ class DalleTransformer(nn.Module):
     def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         return {"ids": ids}  # padding is read as tokens, so the mask is not needed
 
-    def next_logits(self, cond: dict[str, Tensor], tokens: Tensor, caches: list[KVCache] | None = None) -> Tensor:
-        """Logits (B, codebook) of image token `tokens.shape[1]`; with caches only uncached positions run."""
-        x = self.embed(cond["ids"], tokens)
+    def next_state(self, cond: dict[str, Tensor], patches: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        """The state (B, dim) that predicts the patch after `patches` (B, i, slots); with caches only the
+        uncached positions run."""
+        x = self.embed(cond["ids"], patches)
         start = caches[0].length if caches else 0
-        return self.image_head(self.body(x[:, start:], caches=caches)[:, -1])
+        return self.body(x[:, start:], caches=caches)[:, -1]
 
 
 class Pipeline(TokenPipeline):

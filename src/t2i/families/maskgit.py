@@ -32,6 +32,7 @@ from t2i.codecs.vq import VQConfig
 from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
+from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
 from t2i.train.data import DataConfig
 from t2i.train.trainer import TrainConfig
 
@@ -46,6 +47,7 @@ class NetConfig:
     heads: int = 4
     text_depth: int = 2
     cond_drop: float = 0.1
+    patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
 
 
 @dataclass
@@ -68,30 +70,33 @@ class MaskGitTransformer(nn.Module):
 
     def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
         super().__init__()
-        self.mask_id, self.n_tokens = codebook_size, n_tokens  # [MASK] is the id after the codebook
+        self.mask_id, self.patch = codebook_size, cfg.patch  # [MASK] is the id after the codebook
+        self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
-        self.image_emb = nn.Embedding(codebook_size + 1, cfg.dim)
-        self.image_pos = nn.Parameter(torch.randn(n_tokens, cfg.dim) * 0.02)
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim)  # special 0: [MASK]
+        self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=False, context_dim=cfg.dim)
-        self.head = nn.Linear(cfg.dim, codebook_size)
+        self.head = PatchHead(cfg.dim, codebook_size, self.slots)
 
     def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         return {"context": self.encoder(ids, mask)[0], "context_mask": mask.bool()}
 
-    def masked_logits(self, cond: dict[str, Tensor], tokens: Tensor) -> Tensor:
-        """tokens (B, n_tokens) with [MASK]s -> logits (B, n_tokens, codebook) at every position."""
-        x = self.image_emb(tokens) + self.image_pos
-        return self.head(self.body(x, cond["context"], cond["context_mask"]))
+    def masked_state(self, cond: dict[str, Tensor], patches: Tensor) -> Tensor:
+        """patches (B, positions, slots), masked positions [MASK] in every slot -> states (B, positions, dim)."""
+        x = self.image_emb(patches) + self.image_pos
+        return self.body(x, cond["context"], cond["context_mask"])
 
     def loss(self, ids: Tensor, mask: Tensor, codes: Tensor, generator: torch.Generator | None = None
              ) -> dict[str, Tensor]:
-        b, n = codes.shape
+        patches = to_patches(codes, self.patch)
+        b, n, _ = patches.shape
         u = torch.rand(b, generator=generator, device=codes.device)
         n_masked = (torch.cos(math.pi / 2 * u) * n).ceil().clamp(1, n)  # at least one target per image
         order = torch.rand(b, n, generator=generator, device=codes.device).argsort(dim=1).argsort(dim=1)
         masked = order < n_masked[:, None]  # a random subset of n_masked positions per image
-        logits = self.masked_logits(self.prepare(ids, mask), codes.masked_fill(masked, self.mask_id))
-        return {"loss": F.cross_entropy(logits[masked].float(), codes[masked])}
+        h = self.masked_state(self.prepare(ids, mask), patches.masked_fill(masked[..., None], self.mask_id))
+        logits = self.head(h[masked], patches[masked])  # (targets, slots, codebook)
+        return {"loss": F.cross_entropy(logits.float().flatten(0, 1), patches[masked].flatten())}
 
 
 class Pipeline(TokenPipeline):

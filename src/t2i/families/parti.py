@@ -27,6 +27,7 @@ from t2i.nn.attention import KVCache
 from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
+from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
 from t2i.train.data import DataConfig
 from t2i.train.trainer import TrainConfig
 
@@ -41,6 +42,7 @@ class NetConfig:
     heads: int = 4
     text_depth: int = 2  # encoder blocks
     cond_drop: float = 0.1
+    patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
 
 
 @dataclass
@@ -63,39 +65,44 @@ class PartiTransformer(nn.Module):
 
     def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
         super().__init__()
-        self.codebook_size, self.depth = codebook_size, cfg.depth
+        self.codebook_size, self.depth, self.patch = codebook_size, cfg.depth, cfg.patch
+        self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.layers = 2 * cfg.depth  # caches for decoding: one per self-attention, then one per cross-attention
         self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
-        self.image_emb = nn.Embedding(codebook_size + 1, cfg.dim)  # the last id is <start-of-image>
-        self.image_pos = nn.Parameter(torch.randn(n_tokens, cfg.dim) * 0.02)
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim)  # special 0: <start-of-image>
+        self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.decoder = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True, context_dim=cfg.dim)
-        self.head = nn.Linear(cfg.dim, codebook_size)
+        self.head = PatchHead(cfg.dim, codebook_size, self.slots)
 
     def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Run the encoder once per caption: decoding reads its states at every step."""
         return {"context": self.encoder(ids, mask)[0], "context_mask": mask.bool()}
 
-    def embed(self, tokens: Tensor) -> Tensor:
-        sos = torch.full((tokens.shape[0], 1), self.codebook_size, dtype=torch.long, device=tokens.device)
-        image = torch.cat([sos, tokens], dim=1)
+    def embed(self, patches: Tensor) -> Tensor:
+        """Patches so far (B, i, slots) -> (B, 1 + i, dim), after <start-of-image>."""
+        sos = patches.new_full((patches.shape[0], 1, self.slots), self.codebook_size)
+        image = torch.cat([sos, patches], dim=1)
         return self.image_emb(image) + self.image_pos[:image.shape[1]]
 
     def loss(self, ids: Tensor, mask: Tensor, codes: Tensor, generator: torch.Generator | None = None
              ) -> dict[str, Tensor]:
         cond = self.prepare(ids, mask)
-        logits = self.head(self.decoder(self.embed(codes[:, :-1]), cond["context"], cond["context_mask"]))
-        return {"loss": F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())}
+        patches = to_patches(codes, self.patch)
+        h = self.decoder(self.embed(patches[:, :-1]), cond["context"], cond["context_mask"])
+        logits = self.head(h, patches)
+        return {"loss": F.cross_entropy(logits.float().flatten(0, 2), patches.flatten())}
 
-    def next_logits(self, cond: dict[str, Tensor], tokens: Tensor, caches: list[KVCache] | None = None) -> Tensor:
-        """With `caches` (`layers` of them: self-attention caches, then the encoder states' keys/values per
-        block, projected once per image instead of once per token), only the uncached positions run."""
-        x = self.embed(tokens)
+    def next_state(self, cond: dict[str, Tensor], patches: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        """The state (B, dim) that predicts the patch after `patches` (B, i, slots). With `caches` (`layers`
+        of them: self-attention caches, then the encoder states' keys/values per block, projected once per
+        image instead of once per position), only the uncached positions run."""
+        x = self.embed(patches)
         if caches is None:
-            return self.head(self.decoder(x, cond["context"], cond["context_mask"])[:, -1])
+            return self.decoder(x, cond["context"], cond["context_mask"])[:, -1]
         start = caches[0].length
         h = self.decoder(x[:, start:], cond["context"], cond["context_mask"], caches=caches[:self.depth],
                          context_caches=caches[self.depth:])
-        return self.head(h[:, -1])
+        return h[:, -1]
 
 
 class Pipeline(TokenPipeline):

@@ -2,20 +2,23 @@
 
 Both decoders are pure functions over a model callable, in the style of the diffusion samplers:
 
-* `sample_autoregressive(next_logits, ...)`: one token per step. `next_logits(cond, tokens, caches)` returns
-  the logits of the token after `tokens`; with `caches` (one `KVCache` per layer) the model only runs the
-  positions it has not cached yet, so a step costs one token instead of the whole prefix.
-* `sample_parallel(masked_logits, ...)`: MaskGIT / Muse. Start from all-[MASK]; each step predicts every
-  masked token at once, keeps the most confident ones and re-masks the rest, following a cosine schedule
-  (`mask_schedule`), so 64 tokens take ~8 model calls instead of 64.
+* `sample_autoregressive(next_state, head, ...)`: one position per step. `next_state(cond, codes, caches)`
+  returns the state that predicts the position after `codes`; with `caches` (one `KVCache` per layer) the
+  model only runs the positions it has not cached yet, so a step costs one position instead of the prefix.
+* `sample_parallel(masked_state, head, ...)`: MaskGIT / Muse. Start from all-[MASK]; each step predicts
+  every masked position at once, keeps the most confident ones and re-masks the rest, following a cosine
+  schedule (`mask_schedule`), so 64 positions take ~8 model calls instead of 64.
 
-Shared sampling options (`DecodeOptions`): classifier-free guidance on logits as in Parti
-(``l_u + g (l_c - l_u)``, the conditional and unconditional rows run as one batch), then temperature,
-top-k and top-p (nucleus) filtering.
+A position holds `slots` codes (a p x p patch of the code grid, `t2i.tokens.patches`; 1 by default):
+`head(state, chosen)` gives the logits of a position's next code from its state and the codes already
+chosen there, and `sample_patch` draws them one by one.
+
+Shared sampling options (`DecodeOptions`): classifier-free guidance on logits as in Parti (`Guide`), then
+temperature, top-k and top-p (nucleus) filtering.
 
 Randomness: every image draws its uniforms from its own seed, up front, and a token is picked by inverse
 CDF of those uniforms. An image therefore depends on its seed only (not on its batch), and cached and
-uncached decoding pick the same tokens from the same logits.
+uncached decoding pick the same codes from the same logits.
 """
 
 from __future__ import annotations
@@ -97,40 +100,70 @@ def uniforms(seeds: list[int], n: int, device: torch.device | str = "cpu") -> Te
                         for s in seeds]).float().to(device)
 
 
-def guided(logits_fn: Callable[[dict[str, Any]], Tensor], cond: dict[str, Any], uncond: dict[str, Any] | None,
-           guidance: float) -> Tensor:
-    """Classifier-free guidance on logits: one batched call over [cond; uncond] rows, then l_u + g (l_c - l_u)."""
-    if uncond is None or guidance == 1.0:
-        return logits_fn(cond)
-    both = logits_fn({k: torch.cat([cond[k], uncond[k]]) if isinstance(cond[k], Tensor) else cond[k]
-                      for k in cond})
-    c, u = both.float().chunk(2)
-    return u + guidance * (c - u)
+class Guide:
+    """Classifier-free guidance on logits, as in Parti: conditional and unconditional rows run as one batch
+    (`cond` holds both, built once per image batch), then ``l_u + g (l_c - l_u)``.
+
+    With guidance 1 (or no `uncond`) only the conditional rows run."""
+
+    def __init__(self, cond: dict[str, Any], uncond: dict[str, Any] | None, guidance: float):
+        self.on, self.guidance = uncond is not None and guidance != 1.0, guidance
+        self.cond = cond if not self.on else {
+            k: torch.cat([v, uncond[k]]) if isinstance(v, Tensor) else v for k, v in cond.items()}  # type: ignore[index]
+
+    def rows(self, x: Tensor) -> Tensor:
+        """What the model reads for `x` (B, ...): x for the conditional rows and again for the unconditional."""
+        return torch.cat([x, x]) if self.on else x
+
+    def mix(self, logits: Tensor) -> Tensor:
+        if not self.on:
+            return logits
+        c, u = logits.float().chunk(2)
+        return u + self.guidance * (c - u)
+
+
+def sample_patch(head: Callable[[Tensor, Tensor], Tensor], h: Tensor, u: Tensor, opts: DecodeOptions,
+                 guide: Guide) -> tuple[Tensor, Tensor]:
+    """The codes of one patch per row of `h`, slot after slot; returns them (B, ..., slots) with their
+    summed log-probability (B, ...).
+
+    `head(h, chosen)` gives slot j's logits from the state and the j codes chosen before it in the patch
+    (`PatchHead.slot_logits`); `h` holds guide.rows of the states; u (B, ..., slots) are the uniforms."""
+    slots = u.shape[-1]
+    chosen = torch.zeros(*u.shape[:-1], 0, dtype=torch.long, device=u.device)
+    logp = torch.zeros(u.shape[:-1], device=u.device)
+    for j in range(slots):
+        probs = probabilities(guide.mix(head(h, guide.rows(chosen))), opts)
+        nxt = pick(probs, u[..., j])
+        logp = logp + probs.gather(-1, nxt[..., None]).squeeze(-1).clamp(min=1e-30).log()
+        chosen = torch.cat([chosen, nxt[..., None]], dim=-1)
+    return chosen, logp
 
 
 @torch.no_grad()
-def sample_autoregressive(next_logits: Callable[[dict[str, Any], Tensor, list[KVCache] | None], Tensor],
-                          cond: dict[str, Any], uncond: dict[str, Any] | None, n_tokens: int, seeds: list[int],
+def sample_autoregressive(next_state: Callable[[dict[str, Any], Tensor, list[KVCache] | None], Tensor],
+                          head: Callable[[Tensor, Tensor], Tensor], cond: dict[str, Any],
+                          uncond: dict[str, Any] | None, positions: int, slots: int, seeds: list[int],
                           opts: DecodeOptions, layers: int, use_cache: bool = True,
                           device: torch.device | str = "cpu") -> Tensor:
-    """Tokens (B, n_tokens), one per step, each drawn from the guided, filtered next-token distribution.
+    """Codes (B, positions, slots), one position per step: `next_state(cond, codes so far, caches)` gives
+    the state (B, dim) that predicts the next position, whose `slots` codes `head` then draws one by one
+    from the guided, filtered distribution (`sample_patch`).
 
     `cond` / `uncond` hold batched tensors (B, ...) the model reads (text ids, encoder states); `uncond`
-    is the empty caption, used only when guidance != 1. `layers` is the number of cached self-attentions.
+    is the empty caption, used only when guidance != 1. `layers` is the number of cached attentions.
     """
     opts.check()
     b = len(seeds)
-    u = uniforms(seeds, n_tokens, device)
-    tokens = torch.zeros(b, 0, dtype=torch.long, device=device)
-    use_uncond = uncond is not None and opts.guidance != 1.0
+    u = uniforms(seeds, positions * slots, device).reshape(b, positions, slots)
+    codes = torch.zeros(b, 0, slots, dtype=torch.long, device=device)
+    guide = Guide(cond, uncond, opts.guidance)
     caches = [KVCache() for _ in range(layers)] if use_cache else None
-    for i in range(n_tokens):
-        prefix = torch.cat([tokens, tokens]) if use_uncond else tokens
-        logits = guided(lambda c, p=prefix: next_logits(c, p, caches), cond, uncond if use_uncond else None,
-                        opts.guidance)
-        nxt = pick(probabilities(logits, opts), u[:, i])
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-    return tokens
+    for i in range(positions):
+        h = next_state(guide.cond, guide.rows(codes), caches)
+        patch, _ = sample_patch(head, h, u[:, i], opts, guide)
+        codes = torch.cat([codes, patch[:, None]], dim=1)
+    return codes
 
 
 def mask_schedule(steps: int, n_tokens: int) -> list[int]:
@@ -148,35 +181,34 @@ def mask_schedule(steps: int, n_tokens: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_parallel(masked_logits: Callable[[dict[str, Any], Tensor], Tensor], cond: dict[str, Any],
-                    uncond: dict[str, Any] | None, n_tokens: int, mask_id: int, seeds: list[int],
+def sample_parallel(masked_state: Callable[[dict[str, Any], Tensor], Tensor],
+                    head: Callable[[Tensor, Tensor], Tensor], cond: dict[str, Any],
+                    uncond: dict[str, Any] | None, positions: int, slots: int, mask_id: int, seeds: list[int],
                     opts: DecodeOptions, choice_temperature: float = 4.5,
                     device: torch.device | str = "cpu") -> Tensor:
-    """MaskGIT decoding: `opts.steps` calls of `masked_logits(cond, tokens) -> (B, n_tokens, V)`.
+    """MaskGIT decoding: `opts.steps` calls of `masked_state(cond, codes) -> (B, positions, dim)`, where
+    masked positions hold `mask_id` in every slot.
 
-    Each step samples every masked position, scores it by its log-probability plus Gumbel noise annealed
-    from `choice_temperature` to 0 (MaskGIT's randomised confidence), and re-masks the least confident
-    ones so that `mask_schedule` many stay masked.
+    Each step samples every masked position (its slots one by one, `sample_patch`), scores it by its
+    log-probability plus Gumbel noise annealed from `choice_temperature` to 0 (MaskGIT's randomised
+    confidence), and re-masks the least confident ones so that `mask_schedule` many stay masked.
     """
     opts.check()
     b = len(seeds)
-    schedule = mask_schedule(opts.steps, n_tokens)
-    u = uniforms(seeds, 2 * opts.steps * n_tokens, device).reshape(b, 2, opts.steps, n_tokens)
-    tokens = torch.full((b, n_tokens), mask_id, dtype=torch.long, device=device)
-    use_uncond = uncond is not None and opts.guidance != 1.0
+    schedule = mask_schedule(opts.steps, positions)
+    u = uniforms(seeds, 2 * opts.steps * positions * slots, device).reshape(b, 2, opts.steps, positions, slots)
+    codes = torch.full((b, positions, slots), mask_id, dtype=torch.long, device=device)
+    guide = Guide(cond, uncond, opts.guidance)
     for s in range(opts.steps):
-        masked = tokens == mask_id
-        inp = torch.cat([tokens, tokens]) if use_uncond else tokens
-        logits = guided(lambda c, x=inp: masked_logits(c, x), cond, uncond if use_uncond else None, opts.guidance)
-        probs = probabilities(logits, opts)
-        sampled = pick(probs, u[:, 0, s])
-        logp = probs.gather(-1, sampled[..., None]).squeeze(-1).clamp(min=1e-30).log()
-        gumbel = -torch.log(-torch.log(u[:, 1, s].clamp(1e-10, 1 - 1e-10)))
+        masked = codes[..., 0] == mask_id
+        h = masked_state(guide.cond, guide.rows(codes))
+        sampled, logp = sample_patch(head, h, u[:, 0, s], opts, guide)
+        gumbel = -torch.log(-torch.log(u[:, 1, s, :, 0].clamp(1e-10, 1 - 1e-10)))
         conf = logp + choice_temperature * (1 - (s + 1) / opts.steps) * gumbel
-        conf = conf.masked_fill(~masked, float("inf"))  # decided tokens are never re-masked
-        tokens = torch.where(masked, sampled, tokens)
+        conf = conf.masked_fill(~masked, float("inf"))  # decided positions are never re-masked
+        codes = torch.where(masked[..., None], sampled, codes)
         keep_masked = schedule[s]
         if keep_masked:
             lowest = conf.argsort(dim=-1)[:, :keep_masked]
-            tokens = tokens.scatter(1, lowest, mask_id)
-    return tokens
+            codes = codes.scatter(1, lowest[..., None].expand(-1, -1, slots), mask_id)
+    return codes

@@ -13,8 +13,10 @@ network and a few lines of wiring:
   decoder -> images; optional CLIP reranking of N candidates per prompt with a lab CLIP run.
 
 A family's network implements `loss(ids, mask, codes, generator) -> dict`, `prepare(ids, mask) -> cond`
-(what decoding reads: text ids, or encoder states), and either `next_logits(cond, tokens, caches)` with
-`layers` (autoregressive) or `masked_logits(cond, tokens)` with `mask_id` (parallel, `parallel = True`).
+(what decoding reads: text ids, or encoder states), a `head` whose `slot_logits` draws a position's codes
+(`t2i.tokens.patches.PatchHead`; `positions`, `slots` and `patch` say how the code grid is laid out), and
+either `next_state(cond, patches, caches)` with `layers` (autoregressive) or `masked_state(cond, patches)`
+with `mask_id` (parallel, `parallel = True`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
 from t2i.tokens.decoding import DecodeOptions, check_options, sample_autoregressive, sample_parallel
+from t2i.tokens.patches import from_patches
 from t2i.train import dist
 from t2i.train.data import batches, generator_data
 from t2i.train.run import (
@@ -213,13 +216,15 @@ class TokenPipeline:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.device = device or dist.device()
         self.vq, self.net = vq.to(self.device).eval(), net.to(self.device)
-        self.n_tokens = vq.grid(cfg.data.resolution) ** 2
         self._clip: Any = None
 
     @classmethod
     def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer) -> nn.Module:
-        return cls.net_class(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size,
-                             vq.grid(cfg.data.resolution) ** 2)
+        side, patch = vq.grid(cfg.data.resolution), cfg.net.patch
+        if patch < 1 or side % patch:
+            raise UserError(f"net.patch {patch} must be a positive divisor of the VQ's {side}x{side} code grid "
+                            f"(1 = one code per position, 2 = 2x2 codes)")
+        return cls.net_class(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size, side ** 2)
 
     @classmethod
     def load(cls, run: str | Path, cfg: Any) -> TokenPipeline:
@@ -245,13 +250,13 @@ class TokenPipeline:
                             f"{self.sampler} (--sampler {self.sampler} or leave it out)")
         if steps is not None and self.sampler == "autoregressive":
             raise UserError(f"--steps applies to parallel decoding (maskgit runs); a {self.family} run decodes "
-                            f"one token per step ({self.n_tokens} steps); leave --steps out")
+                            f"one position per step ({self.net.positions} steps); leave --steps out")
         if candidates is not None and candidates < 1:
             raise UserError(f"--candidates must be at least 1, got {candidates}")
         opts = {"guidance": sc.guidance if guidance is None else guidance,
                 "temperature": sc.temperature if temperature is None else temperature,
                 "top_k": sc.top_k if top_k is None else top_k, "top_p": sc.top_p if top_p is None else top_p,
-                "steps": (sc.steps if steps is None else steps) if self.sampler == "parallel" else self.n_tokens,
+                "steps": (sc.steps if steps is None else steps) if self.sampler == "parallel" else self.net.positions,
                 "sampler": self.sampler, "candidates": sc.candidates if candidates is None else candidates}
         check_options(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
         return opts
@@ -301,13 +306,14 @@ class TokenPipeline:
         if opts.guidance != 1.0:
             null_ids, null_mask = self.tokenizer.encode([""] * len(prompts), self.cfg.text.max_len)
             uncond = self.net.prepare(null_ids.to(self.device), null_mask.to(self.device))
+        net = self.net
         if self.sampler == "parallel":
-            tokens = sample_parallel(self.net.masked_logits, cond, uncond, self.n_tokens, self.net.mask_id, seeds,
-                                     opts, device=self.device)
+            patches = sample_parallel(net.masked_state, net.head.slot_logits, cond, uncond, net.positions, net.slots,
+                                      net.mask_id, seeds, opts, device=self.device)
         else:
-            tokens = sample_autoregressive(self.net.next_logits, cond, uncond, self.n_tokens, seeds, opts,
-                                           self.net.layers, use_cache=use_cache, device=self.device)
-        return tensor_to_images(self.vq.decode(tokens))
+            patches = sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, net.positions, net.slots,
+                                            seeds, opts, net.layers, use_cache=use_cache, device=self.device)
+        return tensor_to_images(self.vq.decode(from_patches(patches, net.patch)))
 
     def _load_clip(self, clip: Any) -> Any:
         if not clip:
