@@ -71,16 +71,19 @@ def test_bad_options_are_one_line_errors(kwargs, message):
     assert "\n" not in str(e.value)
 
 
-def _dalle(patch=1):
+def _dalle(patch=1, features=False):
     torch.manual_seed(0)
-    return DalleTransformer(DalleNet(dim=32, depth=2, heads=2, patch=patch), text_vocab=50, text_len=6,
-                            codebook_size=16, n_tokens=9 if patch == 1 else 16).eval()
+    codebook = torch.nn.functional.normalize(torch.randn(16, 4), dim=1) if features else None
+    return DalleTransformer(DalleNet(dim=32, depth=2, heads=2, patch=patch, code_features=features), text_vocab=50,
+                            text_len=6, codebook_size=16, n_tokens=9 if patch == 1 else 16, codebook=codebook).eval()
 
 
-def _parti(patch=1):
+def _parti(patch=1, features=False):
     torch.manual_seed(0)
-    return PartiTransformer(PartiNet(dim=32, depth=2, heads=2, text_depth=1, patch=patch), text_vocab=50, text_len=6,
-                            codebook_size=16, n_tokens=9 if patch == 1 else 16).eval()
+    codebook = torch.nn.functional.normalize(torch.randn(16, 4), dim=1) if features else None
+    return PartiTransformer(PartiNet(dim=32, depth=2, heads=2, text_depth=1, patch=patch, code_features=features),
+                            text_vocab=50, text_len=6, codebook_size=16, n_tokens=9 if patch == 1 else 16,
+                            codebook=codebook).eval()
 
 
 def _sample(net, cond, uncond, seeds, opts, use_cache=True):
@@ -115,12 +118,12 @@ def _teacher_forced(net, cond, patches):
 
 
 @pytest.mark.parametrize("make", [_dalle, _parti])
-@pytest.mark.parametrize("patch", [1, 2])
-def test_cached_decoding_steps_match_a_full_forward(make, patch):
+@pytest.mark.parametrize(("patch", "features"), [(1, False), (2, False), (1, True), (2, True)])
+def test_cached_decoding_steps_match_a_full_forward(make, patch, features):
     """Each cached step's state, read slot by slot as decoding reads it, gives the training forward's logits."""
     from t2i.nn.attention import KVCache
 
-    net = make(patch)
+    net = make(patch, features)
     ids, mask = torch.randint(3, 50, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
     codes = torch.randint(0, 16, (2, net.positions * net.slots))
     patches = to_patches(codes, patch)
@@ -198,3 +201,24 @@ def test_parallel_decoding_follows_the_schedule(slots):
     want = (torch.arange(n)[:, None] + torch.arange(slots)) % 10
     assert torch.equal(out, want.expand(2, n, slots))
     assert [c[0] for c in calls] == [16, *mask_schedule(4, n)[:-1]]  # one call per step, masks per schedule
+
+
+def test_code_features_relate_codes_through_their_vq_vectors():
+    torch.manual_seed(0)
+    codebook = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
+    codebook[1] = codebook[0]  # two codes the quantizer cannot tell apart
+    head, emb = PatchHead(dim=8, vocab=5, slots=1, codebook=codebook), PatchEmbedding(5, 1, 8, codebook=codebook)
+    with torch.no_grad():
+        head.weight[1], head.bias[1] = head.weight[0], head.bias[0]
+        emb.weight[1] = emb.weight[0]
+        head.query.weight.normal_()
+    h = torch.randn(4, 8)
+    logits = head.slot_logits(h, torch.zeros(4, 0, dtype=torch.long))
+    torch.testing.assert_close(logits[:, 1], logits[:, 0])  # same table rows, same vector: same logits
+    assert (logits[:, 2] - logits[:, 0]).abs().min() > 0  # the vectors differ, so do the logits
+    e = emb(torch.tensor([[[0]], [[1]], [[2]]]))
+    torch.testing.assert_close(e[1], e[0])
+    assert not torch.allclose(e[2], e[0])
+    assert "codebook" in dict(head.named_buffers()) and "features.codebook" in emb.state_dict()
+    e.sum().backward()
+    assert emb.features.proj.grad.abs().sum() > 0  # the projection learns from every code it sees

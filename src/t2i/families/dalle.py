@@ -43,6 +43,7 @@ class NetConfig:
     text_loss_weight: float = 0.125  # DALL-E: 1/8 text, 7/8 image
     cond_drop: float = 0.1
     patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
+    code_features: bool = False  # embedding and head also read each code's VQ vector (t2i.tokens.patches)
 
 
 @dataclass
@@ -63,18 +64,19 @@ class DalleTransformer(nn.Module):
 
     parallel = False
 
-    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
+    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int,
+                 codebook: Tensor | None = None):
         super().__init__()
         self.text_len, self.codebook_size, self.patch = text_len, codebook_size, cfg.patch
         self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.text_weight, self.layers = cfg.text_loss_weight, cfg.depth
         self.text_emb = nn.Embedding(text_vocab, cfg.dim)
         self.text_pos = nn.Parameter(torch.randn(text_len, cfg.dim) * 0.02)
-        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim)  # special 0: <start-of-image>
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)  # special 0: <start-of-image>
         self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True)
         self.text_head = nn.Linear(cfg.dim, text_vocab)
-        self.image_head = PatchHead(cfg.dim, codebook_size, self.slots)
+        self.image_head = PatchHead(cfg.dim, codebook_size, self.slots, codebook)
 
     @property
     def head(self) -> PatchHead:

@@ -174,12 +174,8 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
             return quick_score(Pipeline(cfg, tokenizer, ae, model.net, scale))
 
-        def encode(x: Tensor) -> Tensor:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
-                return ae.encode(x).mode()
-
         data = generator_data(cfg.data, cfg.train.batch_size // dist.world_size(), tokenizer, cfg.text.max_len,
-                              encode, progress)
+                              lambda x: ae.encode(x).mode(), progress)
         Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"}, data, preview, progress,
                 evaluate=quick_eval).fit()
         stages.finish("diffusion", params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})

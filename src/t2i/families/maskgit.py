@@ -48,6 +48,7 @@ class NetConfig:
     text_depth: int = 2
     cond_drop: float = 0.1
     patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
+    code_features: bool = False  # embedding and head also read each code's VQ vector (t2i.tokens.patches)
 
 
 @dataclass
@@ -68,15 +69,16 @@ class MaskGitTransformer(nn.Module):
 
     parallel = True
 
-    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
+    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int,
+                 codebook: Tensor | None = None):
         super().__init__()
         self.mask_id, self.patch = codebook_size, cfg.patch  # [MASK] is the id after the codebook
         self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
-        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim)  # special 0: [MASK]
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)  # special 0: [MASK]
         self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=False, context_dim=cfg.dim)
-        self.head = PatchHead(cfg.dim, codebook_size, self.slots)
+        self.head = PatchHead(cfg.dim, codebook_size, self.slots, codebook)
 
     def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         return {"context": self.encoder(ids, mask)[0], "context_mask": mask.bool()}

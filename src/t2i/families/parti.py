@@ -43,6 +43,7 @@ class NetConfig:
     text_depth: int = 2  # encoder blocks
     cond_drop: float = 0.1
     patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
+    code_features: bool = False  # embedding and head also read each code's VQ vector (t2i.tokens.patches)
 
 
 @dataclass
@@ -63,16 +64,17 @@ class PartiTransformer(nn.Module):
 
     parallel = False
 
-    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int):
+    def __init__(self, cfg: NetConfig, text_vocab: int, text_len: int, codebook_size: int, n_tokens: int,
+                 codebook: Tensor | None = None):
         super().__init__()
         self.codebook_size, self.depth, self.patch = codebook_size, cfg.depth, cfg.patch
         self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.layers = 2 * cfg.depth  # caches for decoding: one per self-attention, then one per cross-attention
         self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
-        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim)  # special 0: <start-of-image>
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)  # special 0: <start-of-image>
         self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.decoder = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True, context_dim=cfg.dim)
-        self.head = PatchHead(cfg.dim, codebook_size, self.slots)
+        self.head = PatchHead(cfg.dim, codebook_size, self.slots, codebook)
 
     def prepare(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Run the encoder once per caption: decoding reads its states at every step."""

@@ -203,7 +203,8 @@ class TokenPipeline:
     """Text -> images with a trained token run: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``.
 
     Subclasses set `family` and `net_class`, a network built as
-    ``net_class(cfg.net, text_vocab, text_len, codebook_size, n_tokens)``. Options left as None take the run's
+    ``net_class(cfg.net, text_vocab, text_len, codebook_size, n_tokens, codebook=...)`` (the VQ codebook
+    when `net.code_features` is on). Options left as None take the run's
     `sample` defaults; options that do not apply to the family are one-line `UserError`s.
     """
 
@@ -224,7 +225,9 @@ class TokenPipeline:
         if patch < 1 or side % patch:
             raise UserError(f"net.patch {patch} must be a positive divisor of the VQ's {side}x{side} code grid "
                             f"(1 = one code per position, 2 = 2x2 codes)")
-        return cls.net_class(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size, side ** 2)
+        codebook = vq.quantizer.codebook if cfg.net.code_features else None
+        return cls.net_class(cfg.net, tokenizer.vocab_size, cfg.text.max_len, cfg.vq.codebook_size, side ** 2,
+                             codebook=codebook)
 
     @classmethod
     def load(cls, run: str | Path, cfg: Any) -> TokenPipeline:

@@ -15,6 +15,12 @@ a position one after another (slot j sees the transformer's state plus the codes
 both reduce exactly to the plain embedding table and linear head (same parameter names and shapes), so
 runs trained before patches existed load unchanged.
 
+Code features (`net.code_features`): given the VQ codebook, both also read each code's VQ vector -- the
+embedding adds a learned projection of it, the head adds logits ``(x Q) . codebook`` -- so codes the
+quantizer places close together start out, and stay, related. At 1024 codes each code is seen rarely in a
+few minutes of training; through its vector, what the model learns about one code carries over to the
+codes that look like it (docs/tokens.md: held-out loss 2.55 against 2.72 after 48k images).
+
 Layout: codes (B, s*s) in raster order <-> patches (B, (s/p)^2, p*p), patches in raster order over the
 coarser grid, codes row-major inside a patch.
 """
@@ -53,10 +59,11 @@ class PatchEmbedding(nn.Module):
     `nn.Embedding(vocab + specials, dim)` indexed by id.
     """
 
-    def __init__(self, vocab: int, slots: int, dim: int, specials: int = 1):
+    def __init__(self, vocab: int, slots: int, dim: int, specials: int = 1, codebook: Tensor | None = None):
         super().__init__()
         self.vocab, self.slots = vocab, slots
         self.weight = nn.Parameter(torch.randn(slots * vocab + specials, dim))  # nn.Embedding's init
+        self.features = None if codebook is None else CodeFeatures(codebook, dim, slots)
 
     def special(self, s: int) -> int:
         """The embedding row of special s (what a test of its gradient reads)."""
@@ -67,9 +74,25 @@ class PatchEmbedding(nn.Module):
         slot = torch.arange(self.slots, device=codes.device) * self.vocab
         rows = torch.where(special, codes - self.vocab + self.slots * self.vocab, codes + slot)
         e = F.embedding(rows, self.weight)
+        if self.features is not None:
+            e = e + self.features(codes.clamp(max=self.vocab - 1)).masked_fill(special.unsqueeze(-1), 0.0)
         if self.slots > 1:  # a special is embedded once, not once per slot
             e = e.masked_fill(special.unsqueeze(-1) & (slot > 0)[:, None], 0.0)
         return e.sum(dim=-2)
+
+
+class CodeFeatures(nn.Module):
+    """Each code's frozen VQ vector, projected: (..., slots) codes -> (..., slots, dim), one projection per
+    slot. The codebook is a buffer saved with the network, so a run's transformer is self-contained."""
+
+    def __init__(self, codebook: Tensor, dim: int, slots: int):
+        super().__init__()
+        self.register_buffer("codebook", codebook.detach().clone().float())
+        self.proj = nn.Parameter(torch.randn(slots, codebook.shape[1], dim) / codebook.shape[1] ** 0.5)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        v = self.codebook[codes].to(self.proj.dtype)  # (..., slots, code_dim)
+        return torch.einsum("...sc,scd->...sd", v, self.proj)
 
 
 class PatchHead(nn.Module):
@@ -79,11 +102,14 @@ class PatchHead(nn.Module):
     slot's logits during decoding. One slot: a plain linear head (`weight`, `bias` as `nn.Linear`'s).
     """
 
-    def __init__(self, dim: int, vocab: int, slots: int):
+    def __init__(self, dim: int, vocab: int, slots: int, codebook: Tensor | None = None):
         super().__init__()
         self.vocab, self.slots = vocab, slots
         ref = nn.Linear(dim, vocab)
         self.weight, self.bias = ref.weight, ref.bias
+        if codebook is not None:  # logits also score the state against each code's VQ vector
+            self.register_buffer("codebook", codebook.detach().clone().float())
+            self.query = nn.Linear(dim, codebook.shape[1], bias=False)
         if slots > 1:
             self.prev = nn.Embedding(slots * vocab, dim)  # code of slot k, as the later slots see it
             nn.init.normal_(self.prev.weight, std=0.02)
@@ -94,7 +120,10 @@ class PatchHead(nn.Module):
     def _out(self, x: Tensor) -> Tensor:
         if self.slots > 1:
             x = self.norm(x + self.mix(x))
-        return F.linear(x, self.weight, self.bias)
+        logits = F.linear(x, self.weight, self.bias)
+        if hasattr(self, "query"):
+            logits = logits + self.query(x) @ self.codebook.to(x.dtype).T
+        return logits
 
     def forward(self, h: Tensor, codes: Tensor) -> Tensor:
         """h (B, L, dim), the target codes (B, L, p*p) -> logits (B, L, p*p, vocab)."""

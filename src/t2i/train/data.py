@@ -14,6 +14,7 @@ from t2i.data.sources import is_shapes, open_source
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
 from t2i.train import dist
+from t2i.train.dist import autocast_dtype
 from t2i.train.run import images_to_tensor
 
 
@@ -77,7 +78,11 @@ def captions(cfg: DataConfig, n: int) -> list[str]:
 
 def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Tokenizer,
                  max_len: int, chunk: int = 256, progress: bool = True) -> dict[str, torch.Tensor]:
-    """This rank's share of `cfg.cache` samples, encoded once: {"latent", "ids", "mask"} tensors."""
+    """This rank's share of `cfg.cache` samples, encoded once: {"latent", "ids", "mask"} tensors.
+
+    Encoding runs under bf16 autocast with channels_last inputs where the device supports bf16 (as the
+    codecs trained): 2x faster on this CPU (VQ encoder: 1,348 against 662 images/s), which is what makes
+    caches large enough not to be memorised affordable."""
     n = cfg.cache // dist.world_size()
     if n < 1:
         raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {dist.world_size()} ranks")
@@ -87,7 +92,10 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
     with torch.no_grad(), tqdm(total=n, desc="encoding cache", unit="img", disable=not progress) as bar:
         while done < n:
             b = next(src)
-            parts["latent"].append(encode(b["image"]).float())
+            x = b["image"]
+            amp = autocast_dtype("auto", x.device)
+            with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                parts["latent"].append(encode(x.contiguous(memory_format=torch.channels_last)).float())
             parts["ids"].append(b["ids"])
             parts["mask"].append(b["mask"])
             done += len(b["ids"])
