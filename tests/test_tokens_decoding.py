@@ -222,3 +222,20 @@ def test_code_features_relate_codes_through_their_vq_vectors():
     assert "codebook" in dict(head.named_buffers()) and "features.codebook" in emb.state_dict()
     e.sum().backward()
     assert emb.features.proj.grad.abs().sum() > 0  # the projection learns from every code it sees
+
+
+def test_a_patch_that_does_not_tile_the_code_grid_is_a_clear_error():
+    from types import SimpleNamespace
+
+    from t2i.codecs.vq import VQConfig, VQTokenizer
+    from t2i.families.parti import Config, Pipeline
+
+    cfg = Config(vq=VQConfig(channels=8, patch=8, codebook_size=16, code_dim=4))
+    vq = VQTokenizer(cfg.vq)  # 64x64 images -> an 8x8 code grid
+    cfg.net = PartiNet(dim=16, depth=1, heads=2, text_depth=1, patch=3)
+    with pytest.raises(UserError, match=r"net.patch 3 must be a positive divisor of the VQ's 8x8 code grid") as e:
+        Pipeline.build_net(cfg, SimpleNamespace(vocab_size=50), vq)
+    assert "\n" not in str(e.value)
+    cfg.net.patch = 2
+    net = Pipeline.build_net(cfg, SimpleNamespace(vocab_size=50), vq)
+    assert (net.positions, net.slots) == (16, 4)
