@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,8 +35,9 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
     from t2i.families import get_family
     from t2i.tokens.family import TokenStage
     from t2i.train.data import DataConfig, encode_cache
-    from t2i.train.dist import autocast_dtype
+    from t2i.train.dist import autocast
     from t2i.train.run import load_part, read_meta
+    from t2i.train.trainer import lr_at
 
     family = get_family(read_meta(run)["family"])
     base = load_yaml(family.Config, run / "config.yaml")
@@ -48,14 +50,14 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
 
     train = encode_cache(DataConfig(cache=cache_size, seed=0), encode, tokenizer, max_len)
     held = encode_cache(DataConfig(cache=2048, seed=777), encode, tokenizer, max_len)
-    amp = autocast_dtype("auto", torch.device("cpu"))
+    cpu = torch.device("cpu")
     rows = ["| variant | " + " | ".join(f"loss at {images * q // 4:,}" for q in (1, 2, 3, 4))
             + " | minutes |", "|---|---|---|---|---|---|"]
     for variant in variants:
         cfg = override(base, [v for v in variant.split(",") if v])
         torch.manual_seed(0)
         stage = TokenStage(family.Pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, max_len, cfg.net.cond_drop)
-        tc = cfg.train
+        tc = replace(cfg.train, lr_schedule="constant")  # after the warm-up: no decay to confound the comparison
         opt = torch.optim.AdamW(stage.net.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
         gen = torch.Generator().manual_seed(0)
         seen, step, spent, losses = 0, 0, 0.0, []
@@ -63,8 +65,8 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
             t = time.perf_counter()
             idx = torch.randint(0, len(train["latent"]), (tc.batch_size,), generator=gen)
             for group in opt.param_groups:
-                group["lr"] = tc.lr * min(1.0, (step + 1) / max(tc.warmup, 1))
-            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                group["lr"] = lr_at(step, tc)
+            with autocast(cpu):
                 loss = stage({k: v[idx] for k, v in train.items()}, gen)["loss"]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(stage.net.parameters(), tc.grad_clip)
@@ -73,7 +75,7 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
             spent += time.perf_counter() - t
             seen, step = seen + tc.batch_size, step + 1
             if seen * 4 // images > len(losses):  # a quarter more of the images: measure
-                losses.append(held_out_loss(stage, held, amp))
+                losses.append(held_out_loss(stage, held))
         name = variant or "(the run's config)"
         rows.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in losses) + f" | {spent / 60:.1f} |")
         print(rows[-1], flush=True)
@@ -81,11 +83,13 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
 
 
 @torch.no_grad()
-def held_out_loss(stage: torch.nn.Module, held: dict[str, torch.Tensor], amp: torch.dtype | None) -> float:
+def held_out_loss(stage: torch.nn.Module, held: dict[str, torch.Tensor]) -> float:
+    from t2i.train.dist import autocast
+
     stage.eval()
     drop, stage.cond_drop = stage.cond_drop, 0.0
     total, n = 0.0, len(held["latent"])
-    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+    with autocast(torch.device("cpu")):
         for i in range(0, n, 256):
             part = {k: v[i:i + 256] for k, v in held.items()}
             total += stage(part)["loss"].item() * len(part["latent"])

@@ -18,7 +18,7 @@ from t2i.diffusion.objectives import Denoiser
 from t2i.diffusion.samplers import get_sampler
 from t2i.diffusion.schedules import Schedule, schedule_sigmas
 from t2i.errors import UserError
-from t2i.train.dist import autocast_dtype
+from t2i.train.dist import autocast
 
 
 @dataclass
@@ -73,10 +73,8 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
         x = init.to(device) + eps * sigmas[0]
     else:
         x = eps * sigmas[0]
-    amp = autocast_dtype(cfg.precision, device)
-
     def net_amp(*args: Any, **kwargs: Any) -> Tensor:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device, cfg.precision):
             return net(*args, **kwargs).float()
 
     model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, cfg.threshold)

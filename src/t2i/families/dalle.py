@@ -72,7 +72,8 @@ class DalleTransformer(nn.Module):
         self.text_weight, self.layers = cfg.text_loss_weight, cfg.depth
         self.text_emb = nn.Embedding(text_vocab, cfg.dim)
         self.text_pos = nn.Parameter(torch.randn(text_len, cfg.dim) * 0.02)
-        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)  # special 0: <start-of-image>
+        # special 0: <start-of-image>
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)
         self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True)
         self.text_head = nn.Linear(cfg.dim, text_vocab)

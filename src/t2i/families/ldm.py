@@ -30,7 +30,7 @@ from t2i.nn.transformer import TextEncoder
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train import dist
 from t2i.train.data import DataConfig, batches, generator_data
-from t2i.train.dist import autocast_dtype
+from t2i.train.dist import autocast
 from t2i.train.run import (
     images_to_tensor,
     load_part,
@@ -236,7 +236,6 @@ class Pipeline:
             z = denoise(self.net, self.schedule, self.cfg.diffusion.objective, chunk_seeds, shape, cond, uncond, sc,
                         init=None if init is None else init.expand(len(chunk), -1, -1, -1), strength=strength,
                         device=self.device)
-            amp = autocast_dtype(sc.precision, self.device)
-            with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast(self.device, sc.precision):
                 out += tensor_to_images(self.autoencoder.decode(z / self.scale).float())
         return out

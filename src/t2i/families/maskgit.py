@@ -75,7 +75,8 @@ class MaskGitTransformer(nn.Module):
         self.mask_id, self.patch = codebook_size, cfg.patch  # [MASK] is the id after the codebook
         self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
-        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)  # special 0: [MASK]
+        # special 0: [MASK]
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)
         self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.body = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=False, context_dim=cfg.dim)
         self.head = PatchHead(cfg.dim, codebook_size, self.slots, codebook)

@@ -71,7 +71,8 @@ class PartiTransformer(nn.Module):
         self.slots, self.positions = cfg.patch ** 2, n_tokens // cfg.patch ** 2
         self.layers = 2 * cfg.depth  # caches for decoding: one per self-attention, then one per cross-attention
         self.encoder = TextEncoder(TextEncoderConfig(text_vocab, text_len, cfg.dim, cfg.text_depth, cfg.heads))
-        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)  # special 0: <start-of-image>
+        # special 0: <start-of-image>
+        self.image_emb = PatchEmbedding(codebook_size, self.slots, cfg.dim, codebook=codebook)
         self.image_pos = nn.Parameter(torch.randn(self.positions, cfg.dim) * 0.02)
         self.decoder = TokenTransformer(cfg.dim, cfg.depth, cfg.heads, causal=True, context_dim=cfg.dim)
         self.head = PatchHead(cfg.dim, codebook_size, self.slots, codebook)

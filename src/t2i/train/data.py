@@ -14,7 +14,6 @@ from t2i.data.sources import is_shapes, open_source
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
 from t2i.train import dist
-from t2i.train.dist import autocast_dtype
 from t2i.train.run import images_to_tensor
 
 
@@ -93,8 +92,7 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
         while done < n:
             b = next(src)
             x = b["image"]
-            amp = autocast_dtype("auto", x.device)
-            with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with dist.autocast(x.device):
                 parts["latent"].append(encode(x.contiguous(memory_format=torch.channels_last)).float())
             parts["ids"].append(b["ids"])
             parts["mask"].append(b["mask"])

@@ -46,6 +46,13 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+    """The autocast context for `precision` on `device`: bf16 where `autocast_dtype` says it pays, else a
+    disabled one (fp32)."""
+    amp = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast where it pays (CPUs with AVX-512 BF16 / AMX, Ampere+ GPUs), else fp32."""
     if precision == "fp32":
