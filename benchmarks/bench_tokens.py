@@ -4,9 +4,14 @@
     .venv/bin/python benchmarks/bench_tokens.py --train --record
 
 `--train` trains the quick presets first (`t2i train --family F --preset quick --out runs/F-quick`, each with
-its own tokenizer, so each training time includes it; resumable: rerun after an interruption). Without it,
-existing runs are measured. Training uses both cores, every measurement one thread: nothing else may run
-meanwhile. `--families dalle` measures a subset.
+its own tokenizer, so each training time includes it; resumable: rerun after an interruption), and the
+reranking CLIP (`t2i train --family clip --preset rerank --out runs/clip-rerank`). Without it, existing runs
+are measured. Training uses both cores, every measurement one thread: nothing else may run meanwhile.
+`--families dalle` measures a subset.
+
+A family whose preset draws several candidates per prompt (`sample.candidates`) is scored twice: one image
+per prompt, and the best of its candidates by the reranking CLIP -- DALL-E's recipe -- whose time then
+counts the CLIP's training minute too.
 """
 
 from __future__ import annotations
@@ -93,39 +98,56 @@ def main() -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--train", action="store_true", help="train the quick presets into --runs first")
     ap.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    ap.add_argument("--rerank", metavar="CLIP_RUN", help="the reranking CLIP run (default: RUNS/clip-rerank)")
     args = ap.parse_args()
     families = [f for f in args.families.split(",") if f]
     runs = {f: Path(args.runs) / f"{f}-quick" for f in families}
+    clip_run = Path(args.rerank or Path(args.runs) / "clip-rerank")
     if args.train:
-        for f, run in runs.items():
-            cmd = [sys.executable, "-m", "t2i.cli", "train", "--family", f, "--preset", "quick", "--data", "shapes",
-                   "--out", str(run), "-q"]
+        todo = [("clip", "rerank", clip_run)] if not args.rerank else []
+        for family, preset, run in todo + [(f, "quick", run) for f, run in runs.items()]:
+            cmd = [sys.executable, "-m", "t2i.cli", "train", "--family", family, "--preset", preset, "--data",
+                   "shapes", "--out", str(run), "-q"]
             if (run / "run.json").exists():
                 cmd = [sys.executable, "-m", "t2i.cli", "train", "--resume", "--out", str(run), "-q"]
             subprocess.run(cmd, check=True)
 
+    import t2i
     from t2i.eval.runs import evaluate
     from t2i.train.run import read_meta
 
     torch.set_num_threads(1)  # every measurement below on one thread, so the figures compare across runs
 
-    rows = ["| family | train min (tokenizer+vq / transformer) | params | single | size | two | position | "
+    rows = ["| family | train min (tokenizer+vq / transformer [+ CLIP]) | params | single | size | two | position | "
             "counting | overall | novel | images/s (batch 64, 1 thread) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     evals, speeds = {}, {}
+    clip_min = sum(read_meta(clip_run)["train_seconds"].values()) / 60 if (clip_run / "run.json").exists() else None
+
+    def row(name: str, res: dict, sec: dict, params: int, speed: str, extra_min: float = 0.0) -> str:
+        k = res["kinds"]
+        times = f"{(sec['tokenizer'] + sec['vq']) / 60:.1f} / {sec['transformer'] / 60:.1f}"
+        times += f" + {extra_min:.1f}" if extra_min else ""
+        return (f"| {name} | {sum(sec.values()) / 60 + extra_min:.1f} ({times}) | {params / 1e6:.1f}M | "
+                + " | ".join(f"{k[x]:.3f}" for x in ("single_object", "size", "two_object", "position", "counting"))
+                + f" | {res['overall']:.3f} | {res['novel']:.3f} | {speed} |")
+
     for f, run in runs.items():
         meta = read_meta(run)
-        sec = meta["train_seconds"]
-        res = evaluate(run, progress=False)
+        sec, params = meta["train_seconds"], meta["params"]["transformer"]
+        res = evaluate(run, progress=False, candidates=1)
         evals[f], speeds[f] = res, throughput(run)
-        k = res["kinds"]
-        rows.append(f"| {f} | {sum(sec.values()) / 60:.1f} ({(sec['tokenizer'] + sec['vq']) / 60:.1f} / "
-                    f"{sec['transformer'] / 60:.1f}) | {meta['params']['transformer'] / 1e6:.1f}M | "
-                    + " | ".join(f"{k[x]:.3f}" for x in ("single_object", "size", "two_object", "position",
-                                                          "counting"))
-                    + f" | {res['overall']:.3f} | {res['novel']:.3f} | {speeds[f]:.1f} |")
+        rows.append(row(f, res, sec, params, f"{speeds[f]:.1f}"))
+        n = t2i.load(run).cfg.sample.candidates
+        if n > 1 and clip_min is not None:
+            rr = evaluate(run, progress=False, out_name="reranked", clip=str(clip_run))
+            rows.append(row(f"{f}, best of {n} by CLIP", rr, sec, params, f"{rr['sampling']['images_per_s']:.1f} "
+                            f"(prompts/s: {n} candidates + CLIP)", clip_min))
     rows += ["", "Decoding options: the runs' defaults (" + "; ".join(
         f"{f}: {evals[f]['sampling']['sampler']}, {evals[f]['sampling']['steps']} steps, guidance "
         f"{evals[f]['sampling']['guidance']}" for f in runs) + ")."]
+    if clip_min is not None:
+        rows.append(f"Reranking CLIP: `{clip_run}` ({clip_min:.1f} min of training, counted in the reranked rows' "
+                    "time).")
 
     first = next(iter(runs.values()))
     vq = vq_figures(first)

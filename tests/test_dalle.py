@@ -58,6 +58,7 @@ def test_clip_reranking_returns_the_best_candidate(run):
     cands = pipe(["a red circle"] * 3, seeds=[3, 4 * 1_000_003 + 1, 4 * 1_000_003 + 2], candidates=1)
     reds = [np.asarray(im, float)[..., 0].mean() for im in cands]
     assert np.array_equal(np.asarray(best), np.asarray(cands[int(np.argmax(reds))]))
+    assert pipe.options(candidates=3, clip=FakeClip())["rerank"] == "FakeClip"
 
 
 def test_reranking_off_without_clip_says_so(run, capsys):
@@ -66,6 +67,8 @@ def test_reranking_off_without_clip_says_so(run, capsys):
     assert pipe.cfg.sample.candidates == 4 and pipe.cfg.sample.clip == ""
     assert len(pipe(["a red circle"], seed=0)) == 1
     assert "CLIP reranking is off" in capsys.readouterr().err
+    # what `t2i eval` records: one candidate drawn, no reranker
+    assert pipe.options()["candidates"] == 1 and pipe.options()["rerank"] == ""
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -119,6 +122,16 @@ def test_cli_generate_and_eval(cli, run, tmp_path):
     res = json.loads((run / "eval" / "shapesbench.json").read_text())
     assert res["sampling"]["sampler"] == "autoregressive" and res["sampling"]["top_p"] == 0.9
     assert res["sampling"]["images"] == 10 and 0 <= res["overall"] <= 1
+
+
+def test_cli_eval_reranks_with_a_clip_run_and_records_it(cli, run, tmp_path):
+    clip_run = tmp_path / "clip"
+    r = cli("train", "--family", "clip", "--preset", "tiny", "--data", "shapes", "--out", clip_run, "-q")
+    assert r.returncode == 0, r.stderr
+    r = cli("eval", run, "--n", 5, "--candidates", 2, "--rerank", clip_run, "--name", "rr", "-q")
+    assert r.returncode == 0, r.stderr
+    sampling = json.loads((run / "eval" / "rr.json").read_text())["sampling"]
+    assert sampling["candidates"] == 2 and sampling["rerank"] == str(clip_run) and sampling["images"] == 5
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -40,8 +40,7 @@ def sampling_options(pipe: Any, steps: int | None = None, guidance: float | None
             raise UserError(f"{flag} does not apply to {getattr(pipe, 'family', '?')} runs (it is for token "
                             "families: dalle, parti, maskgit); leave it out")
     if hasattr(pipe, "options"):  # token runs check their own options and sampler name
-        return pipe.options(steps=steps, guidance=guidance, sampler=sampler,
-                            **{k: v for k, v in options.items() if k != "clip"})
+        return pipe.options(steps=steps, guidance=guidance, sampler=sampler, **options)
     check_options(1, 1.0, sampler or "ddim")  # diffusion runs: one of the diffusion samplers
     return None
 

@@ -244,9 +244,10 @@ class TokenPipeline:
 
     def options(self, guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
                 top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
-                candidates: int | None = None) -> dict[str, Any]:
+                candidates: int | None = None, clip: Any = None) -> dict[str, Any]:
         """The effective decoding options (given ones over the run's defaults), checked; also what
-        `t2i eval` records."""
+        `t2i eval` records. `candidates` is what is drawn per prompt: 1 when no CLIP run reranks them
+        (`rerank` names the CLIP run, empty when reranking is off)."""
         sc = self.cfg.sample
         if sampler is not None and sampler != self.sampler:
             raise UserError(f"--sampler {sampler!r} does not apply to {self.family} runs, which decode "
@@ -261,6 +262,11 @@ class TokenPipeline:
                 "top_k": sc.top_k if top_k is None else top_k, "top_p": sc.top_p if top_p is None else top_p,
                 "steps": (sc.steps if steps is None else steps) if self.sampler == "parallel" else self.net.positions,
                 "sampler": self.sampler, "candidates": sc.candidates if candidates is None else candidates}
+        clip = sc.clip if clip is None else clip
+        opts["rerank"] = "" if opts["candidates"] == 1 or not clip else (
+            str(clip) if isinstance(clip, str | Path) else type(clip).__name__)
+        if not opts["rerank"]:
+            opts["candidates"] = 1
         check_options(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
         return opts
 
@@ -279,18 +285,17 @@ class TokenPipeline:
         """
         if init_image is not None:
             raise UserError(f"--init-image (img2img) is not supported by {self.family} runs; leave it out")
-        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates)
+        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates, clip)
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         n = opts["candidates"]
         clip_model = self._load_clip(clip if clip is not None else self.cfg.sample.clip) if n > 1 else None
-        if n > 1 and clip_model is None:
-            if not TokenPipeline._rerank_notice_shown:
-                print(f"t2i: CLIP reranking is off: no CLIP run given (pass --clip RUN, a run of `t2i train "
-                      f"--family clip`); returning 1 image per prompt instead of the best of {n}", file=sys.stderr)
-                TokenPipeline._rerank_notice_shown = True
-            n = 1
+        asked = self.cfg.sample.candidates if candidates is None else candidates
+        if asked > 1 and n == 1 and not TokenPipeline._rerank_notice_shown:
+            print(f"t2i: CLIP reranking is off: no CLIP run given (pass --rerank RUN, a run of `t2i train "
+                  f"--family clip`); returning 1 image per prompt instead of the best of {asked}", file=sys.stderr)
+            TokenPipeline._rerank_notice_shown = True
         decode = DecodeOptions(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
         # Candidate 0 of an image uses the image's own seed, so reranking only ever adds alternatives.
         all_prompts = [p for p in prompts for _ in range(n)]
