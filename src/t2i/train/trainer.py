@@ -103,8 +103,8 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=cfg.lr, betas=(0.9, cfg.beta2),
-                                     # one kernel for all parameters: 2.5x faster steps than the per-tensor
-                                     # loop PyTorch defaults to on CPU (12 -> 5 ms of a 230 ms Parti step)
+                                     # one kernel over all parameters instead of PyTorch's CPU default, a
+                                     # loop over tensors: the update fell from 12 to 5 ms of a Parti step
                                      fused=self.device.type in ("cpu", "cuda") or None)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
         self.step, self.samples_seen, self.elapsed = 0, 0, 0.0
