@@ -46,6 +46,7 @@ def training_flops(run: Path, steps: int = 6, overrides: list[str] | None = None
     from t2i.data.tokenizer import Tokenizer
     from t2i.families.ldm import Config, DiffusionStage
     from t2i.train.data import batches
+    from t2i.train.dist import autocast
     from t2i.train.run import load_part, read_meta
     from t2i.train.trainer import TrainConfig, Trainer
 
@@ -62,7 +63,7 @@ def training_flops(run: Path, steps: int = 6, overrides: list[str] | None = None
     opt = trainer.opt
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=trainer.amp or torch.float32, enabled=trainer.amp is not None):
+        with autocast(trainer.device, tc.precision):
             loss = stage(batch, generator=trainer.gen)["loss"]
         loss.backward()
         opt.step()

@@ -10,9 +10,9 @@ a variant that lowers it can still memorise a small cache faster and score lower
 candidates it finds still need the full retrain.
 
 Every variant (a comma list of `--set` overrides over the run's config; "" = the run's own) trains the run's
-family net from scratch with AdamW as the Trainer sets it up (betas 0.9/beta2, bf16 autocast, gradient clip),
-at a constant learning rate after the config's warm-up, on one shared cache of `--cache` images encoded by the
-run's frozen VQ; the loss is measured on 2,048 other images (data seed 777), caption dropout off. Nothing
+family net from scratch with the Trainer's optimiser (`t2i.train.trainer.adamw`), bf16 autocast and gradient
+clip, at a constant learning rate after the config's warm-up, on one shared cache of `--cache` images encoded by
+the run's frozen VQ; the loss is measured on 2,048 other images (data seed 777), caption dropout off. Nothing
 else may run meanwhile (the minutes column is wall-clock on both cores).
 """
 
@@ -37,7 +37,7 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
     from t2i.train.data import DataConfig, encode_cache
     from t2i.train.dist import autocast
     from t2i.train.run import load_part, read_meta
-    from t2i.train.trainer import lr_at
+    from t2i.train.trainer import adamw, lr_at
 
     family = get_family(read_meta(run)["family"])
     base = load_yaml(family.Config, run / "config.yaml")
@@ -58,7 +58,7 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
         torch.manual_seed(0)
         stage = TokenStage(family.Pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, max_len, cfg.net.cond_drop)
         tc = replace(cfg.train, lr_schedule="constant")  # after the warm-up: no decay to confound the comparison
-        opt = torch.optim.AdamW(stage.net.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
+        opt = adamw(stage, tc, cpu)
         gen = torch.Generator().manual_seed(0)
         seen, step, spent, losses = 0, 0, 0.0, []
         while seen < images:

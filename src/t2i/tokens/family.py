@@ -285,12 +285,13 @@ class TokenPipeline:
         """
         if init_image is not None:
             raise UserError(f"--init-image (img2img) is not supported by {self.family} runs; leave it out")
+        clip = self.cfg.sample.clip if clip is None else clip
         opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates, clip)
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         n = opts["candidates"]
-        clip_model = self._load_clip(clip if clip is not None else self.cfg.sample.clip) if n > 1 else None
+        clip_model = self._load_clip(clip) if n > 1 else None
         asked = self.cfg.sample.candidates if candidates is None else candidates
         if asked > 1 and n == 1 and not TokenPipeline._rerank_notice_shown:
             print(f"t2i: CLIP reranking is off: no CLIP run given (pass --rerank RUN, a run of `t2i train "

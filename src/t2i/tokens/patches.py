@@ -107,6 +107,7 @@ class PatchHead(nn.Module):
         self.vocab, self.slots = vocab, slots
         ref = nn.Linear(dim, vocab)
         self.weight, self.bias = ref.weight, ref.bias
+        self.query: nn.Linear | None = None
         if codebook is not None:  # logits also score the state against each code's VQ vector
             self.register_buffer("codebook", codebook.detach().clone().float())
             self.query = nn.Linear(dim, codebook.shape[1], bias=False)
@@ -121,7 +122,7 @@ class PatchHead(nn.Module):
         if self.slots > 1:
             x = self.norm(x + self.mix(x))
         logits = F.linear(x, self.weight, self.bias)
-        if hasattr(self, "query"):
+        if self.query is not None:
             logits = logits + self.query(x) @ self.codebook.to(x.dtype).T
         return logits
 
