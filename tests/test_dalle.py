@@ -132,6 +132,9 @@ def test_cli_eval_reranks_with_a_clip_run_and_records_it(cli, run, tmp_path):
     assert r.returncode == 0, r.stderr
     sampling = json.loads((run / "eval" / "rr.json").read_text())["sampling"]
     assert sampling["candidates"] == 2 and sampling["rerank"] == str(clip_run) and sampling["images"] == 5
+    r = cli("eval", run, "--n", 5, "--candidates", 2, "--rerank", run, "--name", "rr2", "-q")
+    assert r.returncode == 2 and "--rerank" in r.stderr and "not a CLIP run" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -334,7 +334,7 @@ class TokenPipeline:
 
             model = t2i.load(clip)
             if not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
-                raise UserError(f"--clip {clip} is a {read_meta(clip).get('family')!r} run, not a CLIP run; "
+                raise UserError(f"--rerank {clip} is a {read_meta(clip).get('family')!r} run, not a CLIP run; "
                                 "train one with `t2i train --family clip`")
             self._clip = model
         return self._clip
