@@ -167,6 +167,7 @@ def test_denoise_precision_runs_the_network_in_bf16_but_returns_fp32():
     from t2i.errors import UserError
 
     seen: list[torch.dtype] = []
+    torch.manual_seed(0)
     lin = torch.nn.Linear(4, 4)
 
     def net(x, t, *, w):
@@ -181,6 +182,7 @@ def test_denoise_precision_runs_the_network_in_bf16_but_returns_fp32():
     seen.clear()
     hi = denoise(*args, SampleConfig(steps=4, guidance=2.0, precision="fp32"))
     assert set(seen) == {torch.float32}
-    assert torch.allclose(lo, hi, atol=0.05) and not torch.equal(lo, hi)
+    # bf16 keeps ~3 significant digits, so the two agree relatively (values reach ~10 on some devices)
+    assert torch.allclose(lo, hi, rtol=0.05, atol=0.05) and not torch.equal(lo, hi)
     with pytest.raises(UserError, match="precision"):
         denoise(*args, SampleConfig(steps=4, precision="fp16"))

@@ -33,8 +33,9 @@ def test_generate_is_seeded_and_batch_independent(run):
     a = pipe(["a red circle", "two blue squares"], steps=3, seed=5)
     b = pipe(["two blue squares"], steps=3, seeds=[6])
     assert a[0].size == (64, 64) and a[0].mode == "RGB"
-    # An image depends on its seed, not on its batch (up to float rounding of batched kernels).
-    assert np.abs(np.asarray(a[1], float) - np.asarray(b[0], float)).max() <= 2
+    # An image depends on its seed, not on its batch, up to float rounding of batched kernels: GPU libraries
+    # pick their algorithms by batch size (3/255 on an H200; other seeds differ by ~100/255).
+    assert np.abs(np.asarray(a[1], float) - np.asarray(b[0], float)).max() <= 4
     c = pipe(["a red circle"], steps=3, seed=99)
     assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
     for sampler in ["ddpm", "ddim", "euler", "heun", "dpmpp-2m"]:
@@ -47,7 +48,7 @@ def test_img2img_keeps_the_init_at_low_strength(run):
     pipe = t2i.load(str(run))
     init = pipe(["a red circle"], steps=3, seed=1)[0]
     ae = pipe.autoencoder
-    round_trip = tensor_to_images(ae.decode(ae.encode(images_to_tensor([init])).mode()))[0]
+    round_trip = tensor_to_images(ae.decode(ae.encode(images_to_tensor([init]).to(pipe.device)).mode()))[0]
     near = pipe(["a red circle"], steps=10, seed=2, init_image=init, strength=0.1)[0]
     far = pipe(["a red circle"], steps=10, seed=2)[0]
 

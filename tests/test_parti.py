@@ -38,7 +38,7 @@ def test_parti_generates_with_and_without_cache(parti):
 
 def test_parti_encoder_ignores_padding(parti):
     pipe = t2i.load(str(parti))
-    ids, mask = pipe.tokenizer.encode(["a red circle"], 24)
+    ids, mask = (t.to(pipe.device) for t in pipe.tokenizer.encode(["a red circle"], 24))
     short = pipe.net.prepare(ids[:, :8], mask[:, :8])["context"]
     long = pipe.net.prepare(ids, mask)["context"]
     torch.testing.assert_close(long[:, :int(mask.sum())], short[:, :int(mask.sum())], atol=1e-5, rtol=1e-5)

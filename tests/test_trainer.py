@@ -24,7 +24,7 @@ class Toy(nn.Module):
 
     def forward(self, batch, generator=None):
         x = batch["image"]
-        noise = torch.randn(x.shape, generator=generator) * 0.1
+        noise = torch.randn(x.shape, generator=generator, device=x.device) * 0.1
         return {"loss": (self.net(x + noise) - x.flip(-1)).square().mean()}
 
 
@@ -80,7 +80,8 @@ def _ddp_worker(rank, world, port, out, model_cls):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         cfg = _cfg(steps=4, ema_decay=0.0)
-        Trainer("s", model_cls(), cfg, out, {"toy": "net"}, _data(cfg.batch_size // world), progress=False).fit()
+        Trainer("s", model_cls(), cfg, out, {"toy": "net"}, _data(cfg.batch_size // world), progress=False,
+                device=torch.device("cpu")).fit()  # gloo on CPU, also where a GPU is present
     finally:
         torch.distributed.destroy_process_group()
 
@@ -95,9 +96,13 @@ def test_ddp_two_processes_match_one(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, tmp_path / "ddp", Deterministic), nprocs=2, start_method="fork")
+    # fork is fast, but where CUDA is present this process may have run autograd's device threads already,
+    # which a forked child cannot use: spawn there
+    method = "spawn" if torch.cuda.is_available() else "fork"
+    mp.start_processes(_ddp_worker, args=(2, port, tmp_path / "ddp", Deterministic), nprocs=2, start_method=method)
     cfg = _cfg(steps=4, ema_decay=0.0)
-    Trainer("s", Deterministic(), cfg, tmp_path / "one", {"toy": "net"}, _data(8), progress=False).fit()
+    Trainer("s", Deterministic(), cfg, tmp_path / "one", {"toy": "net"}, _data(8), progress=False,
+            device=torch.device("cpu")).fit()
     one, two = load_file(tmp_path / "one" / "toy.safetensors"), load_file(tmp_path / "ddp" / "toy.safetensors")
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)

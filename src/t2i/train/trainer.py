@@ -162,7 +162,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        self.gen.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.gen.set_state(state["generator"].cpu())  # a CPU ByteTensor for CUDA generators too
         self.step, self.samples_seen, self.elapsed = state["step"], state["samples_seen"], state["elapsed"]
         if state.get("world_size", 1) != self.world:
             print(f"note: resuming a {state.get('world_size')}-process run on {self.world}; data order changes")
