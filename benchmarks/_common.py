@@ -33,7 +33,15 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name()} (torch {torch.__version__})"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{gpu}"
 
 
 def record(title: str, rows: list[str], save: bool) -> None:

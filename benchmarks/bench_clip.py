@@ -6,6 +6,11 @@ Retrieval: for each of `--groups` groups, 100 held-out samples (a seed no traini
 canonical captions; each sample's own caption (canonical or paraphrase, as in training) ranks the 100
 images and a hit means its own image comes first. An untrained CLIP of the same shape is the control
 (chance is 0.01). The figure is an accuracy, not a timing: no throughput is recorded.
+
+Minimal pairs (`t2i.families.clip.minimal_pairs`): held-out scenes against their counterfactuals (one
+attribute changed); does the scene prefer its own caption (text) and the caption its own scene (image)?
+Chance is 0.5. Retrieval cannot see a bag-of-words CLIP; this can. `--preset rerank --run runs/clip-rerank`
+measures the token families' reranker.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def main() -> None:
         subprocess.run(cmd, check=True)
 
     import t2i
-    from t2i.families.clip import CLIP, Pipeline, zero_shot_retrieval
+    from t2i.families.clip import CLIP, Pipeline, minimal_pairs, zero_shot_retrieval
     from t2i.train.run import read_meta
 
     meta = read_meta(run)
@@ -59,10 +64,17 @@ def main() -> None:
     for name, r in results:
         rows.append(f"| {name} | {r['queries']} | {r['top1']:.3f} | {r['top5']:.3f} | "
                     + " | ".join(f"{r['kinds'].get(k, float('nan')):.3f}" for k in kinds) + " |")
+    pairs = [("this run", minimal_pairs(pipe)), ("control: untrained CLIP", minimal_pairs(control))]
+    edits = list(pairs[0][1]["edits"])
+    rows += ["", "Minimal pairs (held-out scene against its counterfactual; chance 0.5; per edit: text side):", "",
+             "| CLIP | pairs | text | image | " + " | ".join(edits) + " |", "|---|---|---|---|" + "---|" * len(edits)]
+    for name, r in pairs:
+        rows.append(f"| {name} | {r['pairs']} | {r['text']:.3f} | {r['image']:.3f} | "
+                    + " | ".join(f"{r['edits'].get(k, float('nan')):.3f}" for k in edits) + " |")
     top1 = results[0][1]["top1"]
     rows += ["", f"- zero-shot retrieval top-1 (caption -> image among 100): {top1:.3f} "
              f"({'meets' if top1 >= 0.95 else 'below'} the 0.95 target)"]
-    record("CLIP quick preset: zero-shot retrieval", rows, args.record)
+    record(f"CLIP {meta.get('preset')} preset: zero-shot retrieval and minimal pairs", rows, args.record)
 
 
 if __name__ == "__main__":

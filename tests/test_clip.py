@@ -9,7 +9,8 @@ import t2i
 from t2i.api import train
 from t2i.errors import UserError
 from t2i.eval.clipscore import clip_s_hessel, clip_score_100, clip_scores
-from t2i.families.clip import retrieval_pool, zero_shot_retrieval
+from t2i.families.clip import edit_name, minimal_pairs, retrieval_pool, zero_shot_retrieval
+from t2i.train.data import DataConfig, batches
 from t2i.train.run import images_to_tensor, read_meta
 
 
@@ -32,19 +33,19 @@ def test_encode_api_gives_unit_vectors_and_agrees_across_input_types(run):
     clip = t2i.load(run)
     samples = retrieval_pool(6)
     images = [s.image for s in samples]
-    img = clip.encode_image(images)
-    txt = clip.encode_text([s.caption for s in samples])
+    img = clip.encode_image(images).cpu()  # embeddings live on the model's device
+    txt = clip.encode_text([s.caption for s in samples]).cpu()
     assert img.shape == txt.shape == (6, clip.embed_dim) and img.dtype == torch.float32
     assert torch.allclose(img.norm(dim=-1), torch.ones(6), atol=1e-5)
     assert torch.allclose(txt.norm(dim=-1), torch.ones(6), atol=1e-5)
-    assert torch.allclose(clip.encode_image(images_to_tensor(images)), img, atol=1e-6)  # PIL == tensor input
+    assert torch.allclose(clip.encode_image(images_to_tensor(images)).cpu(), img, atol=1e-6)  # PIL == tensor input
     big = [im.resize((128, 128)) for im in images]
     assert clip.encode_image(big).shape == (6, clip.embed_dim)  # any size is resized to the model's
-    sims = clip.similarity(images, [s.caption for s in samples])
+    sims = clip.similarity(images, [s.caption for s in samples]).cpu()
     assert torch.allclose(sims, img @ txt.T, atol=1e-6)
-    assert torch.allclose(clip.cosine(images, [s.caption for s in samples]), sims.diagonal(), atol=1e-6)
+    assert torch.allclose(clip.cosine(images, [s.caption for s in samples]).cpu(), sims.diagonal(), atol=1e-6)
     # A batch does not change an embedding.
-    assert torch.allclose(clip.encode_text([samples[2].caption]), txt[2:3], atol=1e-5)
+    assert torch.allclose(clip.encode_text([samples[2].caption]).cpu(), txt[2:3], atol=1e-5)
 
 
 def test_clip_run_refuses_to_generate_and_bad_inputs(cli, run):
@@ -96,3 +97,44 @@ def test_clip_scores_follow_their_formulas_on_real_cosines(run):
     assert res["clip_score_100"] == pytest.approx(max(100 * float(cos.mean()), 0.0), rel=1e-6)
     assert res["clip_s_hessel"] == pytest.approx(float((2.5 * cos.clamp(min=0)).mean()), rel=1e-6)
     assert len(res["cosines"]) == 8
+
+
+def test_minimal_pairs_name_the_edit_and_score_both_directions(run):
+    assert edit_name("a red circle left of a blue square", "a red circle right of a blue square") == "relation"
+    assert edit_name("a red circle and a blue square", "a blue circle and a red square") == "colour swap"
+    assert edit_name("two red circles", "four red circles") == "count"
+    assert edit_name("a small red circle", "a large red circle") == "size"
+    assert edit_name("a red circle", "a red square") == "shape"
+    assert edit_name("a red circle and a blue square", "a red circle and a green square") == "colour"
+    res = minimal_pairs(t2i.load(run), n=60)
+    assert res["pairs"] == 60 and 0 <= res["text"] <= 1 and 0 <= res["image"] <= 1
+    assert set(res["edits"]) <= {"relation", "count", "size", "colour swap", "colour", "shape"}
+    assert len(res["edits"]) >= 4 and all(0 <= v <= 1 for v in res["edits"].values())
+
+
+def test_counterfactual_batches_pair_each_sample_and_resume_exactly():
+    cfg = DataConfig(resolution=32)
+    first, second = (b for b, _ in zip(batches(cfg, 4, counterfactuals=True), range(2), strict=False))
+    assert first["image"].shape == (8, 3, 32, 32) and len(first["caption"]) == 8
+    plain = next(batches(cfg, 4))
+    assert first["caption"][:4] == plain["caption"] and torch.equal(first["image"][:4], plain["image"])
+    resumed = next(batches(cfg, 4, start=4, counterfactuals=True))  # the pairs come back the same
+    assert resumed["caption"] == second["caption"] and torch.equal(resumed["image"], second["image"])
+
+
+def test_counterfactual_clip_with_flattened_text_trains_end_to_end(tmp_path):
+    out = tmp_path / "cf"
+    train("clip", out, preset="tiny", overrides=["train.steps=3", "train.batch_size=8", "counterfactuals=true",
+                                                 "text_pool=flatten", "text.max_len=16", "train.eval_every=3"], progress=False)
+    clip = t2i.load(out)
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert rows and float(rows[-1]["loss"]) > 0
+    evals = list(csv.DictReader((out / "eval.csv").open()))
+    assert [r["step"] for r in evals] == ["3"] and 0 <= float(evals[0]["minimal_pairs"]) <= 1
+    txt = clip.encode_text(["a red circle left of a blue square", "a blue square left of a red circle"])
+    assert txt.shape == (2, clip.embed_dim) and not torch.allclose(txt[0], txt[1])
+    # each prompt's embedding does not depend on the padding its batch needs
+    assert torch.allclose(clip.encode_text(["a red circle"]), clip.encode_text(["a red circle", "two blue "
+                                                                                "squares above a circle"])[:1], atol=1e-5)
+    with pytest.raises(UserError, match="'mean' or 'flatten'"):
+        train("clip", tmp_path / "bad", preset="tiny", overrides=["text_pool=max"], progress=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from t2i.data import shapes
+from t2i.data.sample import Sample
 from t2i.data.shapes import (
     BACKGROUND,
     HOLDOUT,
@@ -13,6 +14,7 @@ from t2i.data.shapes import (
     SIZES,
     Obj,
     boxes_apart,
+    counterfactual,
     iter_samples,
     make_sample,
     obj_box,
@@ -76,6 +78,35 @@ def test_every_scene_keeps_its_promises():
         assert s.image.size == (64, 64) and s.image.mode == "RGB"
     assert kinds == set(shapes.KINDS)
     assert 150 < captions < 450  # about half the training captions are paraphrases
+
+
+def test_counterfactuals_are_minimal_pairs_the_exact_judge_tells_apart():
+    """Each counterfactual shows its own caption and not its original's; edits are single and minimal."""
+    from t2i.eval.shapesbench import score_image
+
+    edits: set[str] = set()
+    for s in iter_samples(n=200, seed=3):
+        c = counterfactual(s, random.Random(s.key))
+        assert c is not None and c.key == s.key + "~" and c.image.size == s.image.size
+        assert score_image(c.image, c.meta["canonical"])[0], (s.meta["canonical"], c.meta["canonical"])
+        assert not score_image(c.image, s.meta["canonical"])[0], (s.meta["canonical"], c.meta["canonical"])
+        before, after = parse_prompt(s.meta["canonical"]), parse_prompt(c.meta["canonical"])
+        changed = {f for f in ("color", "shape", "size", "color2", "shape2", "relation", "count")
+                   if getattr(before, f) != getattr(after, f)}
+        assert after.kind == before.kind and changed and (len(changed) == 1 or changed == {"color", "color2"})
+        edits.add("swap" if len(changed) == 2 else changed.pop())
+        new_pairs = {(o["color"], o["shape"]) for o in c.meta["objects"]} - {
+            (o["color"], o["shape"]) for o in s.meta["objects"]}
+        assert not new_pairs & HOLDOUT  # the novel split stays unseen, also as a negative
+        if before.relation != after.relation:  # the same two objects, their places exchanged
+            a, b = s.meta["objects"]
+            ca, cb = c.meta["objects"]
+            assert (ca["cx"], ca["cy"], cb["cx"], cb["cy"]) == (b["cx"], b["cy"], a["cx"], a["cy"])
+            assert (ca["color"], cb["color"]) == (a["color"], b["color"])
+    assert edits == {"color", "shape", "size", "color2", "shape2", "relation", "count", "swap"}
+    s = make_sample(5)
+    assert counterfactual(s, random.Random(1)).caption == counterfactual(s, random.Random(1)).caption
+    assert counterfactual(Sample(s.image, "a cat on a mat"), random.Random(1)) is None  # no ground truth
 
 
 def test_holdout_pairs_never_in_train_and_always_in_novel():

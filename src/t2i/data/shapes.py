@@ -19,8 +19,8 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -276,6 +276,87 @@ def caption_for(spec: PromptSpec, rng: random.Random, paraphrase_prob: float = 0
     if rng.random() < paraphrase_prob:
         return _format(rng.choice(_PARAPHRASES[spec.kind]), spec)
     return spec.canonical()
+
+
+def _swap_pair_colors(p: PromptSpec) -> PromptSpec | None:
+    # With equal shapes, swapped colours describe the same pair (two_object) or the inverted relation,
+    # which the relation edit already covers.
+    return None if p.shape == p.shape2 else replace(p, color=p.color2, color2=p.color)
+
+
+def _other(options: Sequence[str], *avoid: str | None) -> Callable[[random.Random], str]:
+    return lambda rng: rng.choice([o for o in options if o not in avoid])
+
+
+def _perturbations(p: PromptSpec) -> list[tuple[float, Callable[[random.Random], PromptSpec | None]]]:
+    """(weight, edit) pairs; each edit yields a spec that the scene of `p` cannot satisfy.
+
+    The structural edits weigh more (relation and count 4, colour swap and size 2, any one colour or shape
+    1): in-batch negatives almost never differ from the positive in just those, so without them CLIP learns
+    which objects are present and ignores how they are arranged."""
+    colors = (p.color, p.color2)
+    out: list[tuple[float, Callable[[random.Random], PromptSpec | None]]] = [
+        (1.0, lambda rng: replace(p, color=_other(COLORS, *colors)(rng))),
+        (1.0, lambda rng: replace(p, shape=_other(SHAPES, p.shape)(rng))),
+    ]
+    if p.kind == "size":
+        out.append((2.0, lambda rng: replace(p, size="large" if p.size == "small" else "small")))
+    if p.kind in ("two_object", "position"):
+        out += [(1.0, lambda rng: replace(p, color2=_other(COLORS, *colors)(rng))),
+                (1.0, lambda rng: replace(p, shape2=_other(SHAPES, p.shape2)(rng))),
+                (2.0, lambda rng: _swap_pair_colors(p))]
+    if p.kind == "position":
+        out.append((4.0, lambda rng: replace(p, relation=_INVERSE[p.relation or ""])))
+    if p.kind == "counting":
+        out.append((4.0, lambda rng: replace(p, count=rng.choice([c for c in COUNTS.values() if c != p.count]))))
+    return out
+
+
+def _edit_scene(spec: PromptSpec, neg: PromptSpec, objects: list[Obj], rng: random.Random) -> list[Obj]:
+    """The scene of `spec` changed as little as makes it show `neg`: recoloured, reshaped or resized objects,
+    the pair's centres exchanged for an inverted relation; a new layout only when the count changes."""
+    if neg.count != spec.count:
+        return scene_for(neg, rng)
+    if neg.relation != spec.relation:  # exchanging the centres of two equal-sized objects inverts the relation
+        a, b = objects
+        return [replace(a, cx=b.cx, cy=b.cy), replace(b, cx=a.cx, cy=a.cy)]
+    out = [replace(o, color=neg.color, shape=neg.shape) for o in objects[:1 if neg.color2 else None]]
+    if neg.color2 is not None:
+        out.append(replace(objects[1], color=neg.color2, shape=neg.shape2 or ""))
+    if neg.size != spec.size and neg.size is not None:
+        lo = SIZES[neg.size] + EDGE_MARGIN
+        out = [replace(o, size=neg.size, cx=min(max(o.cx, lo), 1 - lo), cy=min(max(o.cy, lo), 1 - lo)) for o in out]
+    return out
+
+
+def counterfactual(sample: Sample, rng: random.Random, paraphrase_prob: float = 0.5) -> Sample | None:
+    """The sample's minimal pair: its scene with one attribute changed (a colour, a shape, the size, the
+    count, the relation, or the pair's colours exchanged), rendered, with a caption of the changed scene;
+    None when the sample has no shapes ground truth (web data).
+
+    Training CLIP on batches of such pairs makes each one the other's hard negative, in both directions: the
+    image tower must tell a scene from its mirror and the text tower "A left of B" from "A right of B". With
+    random batches alone two captions almost never differ in just that, and the model learns which objects
+    are present and not how they are arranged -- the bag-of-words failure NegCLIP (Yuksekgonul et al. 2023)
+    measured. Edits that would name a held-out (colour, shape) pair are redrawn, so the `novel` split stays
+    unseen."""
+    meta = sample.meta or {}
+    if not meta.get("canonical") or "objects" not in meta:
+        return None
+    spec = parse_prompt(meta["canonical"])
+    edits = _perturbations(spec)
+    weights = [w for w, _ in edits]
+    for _ in range(50):
+        neg = rng.choices(edits, weights=weights)[0][1](rng)
+        if neg is None or neg == spec:
+            continue
+        pairs = {(neg.color, neg.shape), (neg.color2, neg.shape2)} - {(spec.color, spec.shape), (spec.color2, spec.shape2)}
+        if pairs & HOLDOUT:
+            continue
+        objects = _edit_scene(spec, neg, [Obj(**o) for o in meta["objects"]], rng)
+        return Sample(render(objects, sample.image.size[0]), caption_for(neg, rng, paraphrase_prob),
+                      metadata(neg, objects), key=f"{sample.key}~")
+    raise RuntimeError(f"no counterfactual found for {meta['canonical']!r}")  # not reachable: colour edits always exist
 
 
 # ------------------------------------------------------------------------------------------- rendering

@@ -12,7 +12,8 @@ deliberately plain and stable:
 Paper choices followed: two towers projected (linearly) into one space, L2-normalised, a symmetric InfoNCE
 loss (image->text and text->image cross-entropy over the batch) with a learnable temperature initialised
 at 0.07 and clamped so the logit scale stays <= 100. Text tower: the lab's `TextEncoder` over the run's
-BPE, mask-aware mean pooled (CLIP takes the EOS token; the mean is what the shared encoder already gives).
+BPE, mask-aware mean pooled (CLIP takes the EOS token; the mean is what the shared encoder already gives), or
+with `text_pool: flatten` its states concatenated, which keeps word order (see `minimal_pairs`).
 Image tower: a small conv net rather than a ViT, because at 64x64 on a CPU convolutions learn the shapes
 data fastest per second; its last 4x4 feature map is flattened, not average-pooled, so "left of" and
 "above" survive into the embedding.
@@ -65,6 +66,16 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07
+    # Pair each shapes sample in a batch with its counterfactual (the scene with one attribute changed,
+    # re-rendered and re-captioned): hard negatives both ways, what teaches a reranker relations and counts.
+    # A batch then holds 2 x batch_size pairs.
+    counterfactuals: bool = False
+    # How the text tower's token states become one vector: "mean" (mask-aware average) or "flatten" (the
+    # states at every position, padded to text.max_len, concatenated before the projection). Averaging keeps
+    # too little word order: "A left of B" and "A right of B" then embed at cosine 0.999, since "B right of
+    # A" is a training paraphrase of the first. Flattening keeps order, as the image tower's flattened map
+    # keeps layout.
+    text_pool: str = "mean"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3,
                                                                    warmup=50, weight_decay=0.05))
 
@@ -106,15 +117,23 @@ class CLIP(nn.Module):
         super().__init__()
         t = cfg.text
         self.image = ImageTower(cfg.image, cfg.data.resolution, cfg.embed_dim)
+        if cfg.text_pool not in ("mean", "flatten"):
+            raise UserError(f"text_pool={cfg.text_pool!r} is not a pooling; use 'mean' or 'flatten'")
         self.text = TextEncoder(t.encoder(vocab_size))
-        self.text_proj = nn.Linear(t.dim, cfg.embed_dim, bias=False)
+        self.max_len = t.max_len
+        self.flatten = cfg.text_pool == "flatten"
+        self.text_proj = nn.Linear(t.dim * (t.max_len if self.flatten else 1), cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 
     def encode_image(self, x: Tensor) -> Tensor:
         return F.normalize(self.image(x).float(), dim=-1)
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return F.normalize(self.text_proj(self.text(ids, mask)[1]).float(), dim=-1)
+        states, pooled = self.text(ids, mask)
+        if self.flatten:
+            states = F.pad(states * mask[..., None].to(states.dtype), (0, 0, 0, self.max_len - states.shape[1]))
+            pooled = states.flatten(1)
+        return F.normalize(self.text_proj(pooled).float(), dim=-1)
 
     def loss(self, images: Tensor, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Symmetric InfoNCE: image i's positive is caption i, every other caption in the batch a negative."""
@@ -148,13 +167,14 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
         per_rank = cfg.train.batch_size // dist.world_size()
 
         def data(start: int) -> Iterator[dict[str, Any]]:
-            return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len)
+            return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len, counterfactuals=cfg.counterfactuals)
 
         def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
             if not is_shapes(cfg.data.source):
                 return {}
-            res = zero_shot_retrieval(Pipeline(cfg, tokenizer, model.clip), groups=2)
-            return {"retrieval_top1": res["top1"]}
+            pipe = Pipeline(cfg, tokenizer, model.clip)
+            return {"retrieval_top1": zero_shot_retrieval(pipe, groups=2)["top1"],
+                    "minimal_pairs": minimal_pairs(pipe, n=200)["text"]}
 
         Trainer("clip", stage, cfg.train, run, {"clip": "clip"}, data, None, progress, evaluate=quick_eval).fit()
         stages.finish("clip", params={"clip": param_count(stage.clip)})
@@ -284,3 +304,55 @@ def zero_shot_retrieval(pipe: Pipeline, candidates: int = 100, groups: int = 10,
     return {"top1": hits1 / total, "top5": hits5 / total, "queries": total, "candidates": candidates,
             "split": split, "kinds": {k: c / n for k, (c, n) in sorted(per_kind.items())}}
 
+
+def edit_name(before: str, after: str) -> str:
+    """Which attribute tells two canonical captions of one kind apart: 'relation', 'count', 'size',
+    'colour swap' (the pair's colours exchanged), 'colour' or 'shape'."""
+    from t2i.data.shapes import parse_prompt
+
+    a, b = parse_prompt(before), parse_prompt(after)
+    if a.relation != b.relation:
+        return "relation"
+    if a.count != b.count:
+        return "count"
+    if a.size != b.size:
+        return "size"
+    if a.color2 is not None and (a.color, a.color2) == (b.color2, b.color):
+        return "colour swap"
+    return "colour" if (a.color, a.color2) != (b.color, b.color2) else "shape"
+
+
+def minimal_pairs(pipe: Pipeline, n: int = 400, seed: int = RETRIEVAL_SEED, split: str = "train") -> dict[str, Any]:
+    """Does CLIP see what changed? On `n` held-out scenes and their counterfactuals (one attribute changed,
+    `shapes.counterfactual`), with canonical captions:
+
+    - text: the scene prefers its own caption to the counterfactual's (what reranking asks of CLIP);
+    - image: its caption prefers the scene to the counterfactual image;
+
+    overall and per edit ('relation', 'count', ...). Chance is 0.5. Retrieval among 100 random captions hides
+    a bag-of-words model, since random captions differ in several words; these pairs differ in one
+    (ARO and Winoground probe pretrained CLIPs the same way)."""
+    import random
+
+    from t2i.data.shapes import counterfactual, make_sample
+
+    real, fake = [], []
+    for i in range(n):
+        s = make_sample(i, seed=seed, size=pipe.resolution, split=split)
+        c = counterfactual(s, random.Random(f"minimal-pairs:{seed}:{i}"))
+        if c is not None:
+            real.append(s)
+            fake.append(c)
+    img_r, img_f = pipe.encode_image([s.image for s in real]), pipe.encode_image([c.image for c in fake])
+    txt_r = pipe.encode_text([s.meta["canonical"] for s in real])
+    txt_f = pipe.encode_text([c.meta["canonical"] for c in fake])
+    own = (img_r * txt_r).sum(-1)
+    text_ok = (own > (img_r * txt_f).sum(-1)).cpu().tolist()
+    image_ok = (own > (img_f * txt_r).sum(-1)).cpu().tolist()
+    per: dict[str, list[int]] = {}
+    for s, c, ok in zip(real, fake, text_ok, strict=True):
+        e = per.setdefault(edit_name(s.meta["canonical"], c.meta["canonical"]), [0, 0])
+        e[0] += int(ok)
+        e[1] += 1
+    return {"text": sum(text_ok) / len(real), "image": sum(image_ok) / len(real), "pairs": len(real),
+            "edits": {k: hits / total for k, (hits, total) in sorted(per.items())}}

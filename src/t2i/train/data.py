@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from t2i.data.shapes import counterfactual
 from t2i.data.sources import is_shapes, open_source
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
@@ -37,11 +39,13 @@ class DataConfig:
 
 
 def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokenizer | None = None,
-            max_len: int = 32) -> Iterator[dict[str, Any]]:
+            max_len: int = 32, counterfactuals: bool = False) -> Iterator[dict[str, Any]]:
     """Endless per-rank batches {image, ids, mask, caption}, beginning after `start` samples of this rank.
 
     Finite sources repeat with a new shuffle seed per epoch; shapes is endless and index-addressed, so a
-    resumed run gets exactly the batches it would have had.
+    resumed run gets exactly the batches it would have had. With `counterfactuals`, each sample that has
+    shapes ground truth brings its minimal pair (`shapes.counterfactual`, seeded by the sample's key so a
+    resumed run sees the same ones) after the `batch_size` read ones: up to twice as many rows.
     """
     rank, world = dist.rank(), dist.world_size()
     spec = cfg.train_spec()
@@ -58,6 +62,9 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
             if len(chunk) < batch_size:
                 break
             got += len(chunk)
+            if counterfactuals:
+                pairs = (counterfactual(s, random.Random(f"counterfactual:{cfg.seed + epoch}:{s.key}")) for s in chunk)
+                chunk += [p for p in pairs if p is not None]
             batch: dict[str, Any] = {"image": images_to_tensor([s.image for s in chunk]),
                                      "caption": [s.caption for s in chunk]}
             if tokenizer is not None:
