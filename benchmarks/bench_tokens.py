@@ -50,6 +50,11 @@ def vq_figures(run: Path) -> dict[str, float]:
             "mae": reconstruction_error(vq, held_out())}
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cache_speedup(run: Path, batch: int = 16, reps: int = 2) -> dict[str, float]:
     """Seconds to decode a batch of 64-token images with and without the KV cache (token decoding only, at the
     run's default guidance and filtering; one thread), and whether the tokens are identical."""
@@ -60,8 +65,10 @@ def cache_speedup(run: Path, batch: int = 16, reps: int = 2) -> dict[str, float]
     pipe = t2i.load(run)
     o = pipe.options(candidates=1)
     opts = DecodeOptions(o["temperature"], o["top_k"], o["top_p"], o["guidance"])
-    ids, mask = pipe.tokenizer.encode(["a red circle left of a blue square"] * batch, pipe.cfg.text.max_len)
-    null_ids, null_mask = pipe.tokenizer.encode([""] * batch, pipe.cfg.text.max_len)
+    dev = pipe.device
+    ids, mask = (t.to(dev) for t in pipe.tokenizer.encode(["a red circle left of a blue square"] * batch,
+                                                           pipe.cfg.text.max_len))
+    null_ids, null_mask = (t.to(dev) for t in pipe.tokenizer.encode([""] * batch, pipe.cfg.text.max_len))
     cond, uncond = pipe.net.prepare(ids, mask), pipe.net.prepare(null_ids, null_mask)
     seeds = list(range(batch))
     out, times = {}, {}
@@ -69,11 +76,13 @@ def cache_speedup(run: Path, batch: int = 16, reps: int = 2) -> dict[str, float]
         for cached in (True, False):
             net = pipe.net
             sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, 4, net.slots, seeds, opts,
-                                  net.layers, cached)
+                                  net.layers, cached, device=dev)
+            _sync(dev)
             t = time.perf_counter()
             for _ in range(reps):
                 out[cached] = sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, net.positions,
-                                                    net.slots, seeds, opts, net.layers, use_cache=cached)
+                                                    net.slots, seeds, opts, net.layers, use_cache=cached, device=dev)
+            _sync(dev)
             times[cached] = (time.perf_counter() - t) / reps
     return {"cached_s": times[True], "uncached_s": times[False], "speedup": times[False] / times[True],
             "identical": bool(torch.equal(out[True], out[False])), "batch": batch}
