@@ -122,6 +122,19 @@ def test_counterfactual_batches_pair_each_sample_and_resume_exactly():
     assert resumed["caption"] == second["caption"] and torch.equal(resumed["image"], second["image"])
 
 
+def test_counterfactuals_on_data_without_ground_truth_warn_and_train_plain(tmp_path, caplog):
+    from PIL import Image
+
+    from t2i.data.sample import Sample
+    from t2i.data.sources import write_shards
+
+    samples = [Sample(Image.new("RGB", (32, 32), (i * 20, 0, 0)), f"a photo {i}", {"i": i}) for i in range(8)]
+    write_shards(samples, tmp_path / "web", shard_size=8, progress=False)
+    with caplog.at_level("WARNING", logger="t2i.data"):
+        batch = next(batches(DataConfig(source=str(tmp_path / "web"), resolution=32), 4, counterfactuals=True))
+    assert len(batch["caption"]) == 4 and "no shapes ground truth" in caplog.text
+
+
 def test_counterfactual_clip_with_flattened_text_trains_end_to_end(tmp_path):
     out = tmp_path / "cf"
     train("clip", out, preset="tiny", overrides=["train.steps=3", "train.batch_size=8", "counterfactuals=true",

@@ -68,7 +68,7 @@ class Config:
     init_temperature: float = 0.07
     # Pair each shapes sample in a batch with its counterfactual (the scene with one attribute changed,
     # re-rendered and re-captioned): hard negatives both ways, what teaches a reranker relations and counts.
-    # A batch then holds 2 x batch_size pairs.
+    # A batch then holds up to 2 x batch_size image-caption rows.
     counterfactuals: bool = False
     # How the text tower's token states become one vector: "mean" (mask-aware average) or "flatten" (the
     # states at every position, padded to text.max_len, concatenated before the projection). Averaging keeps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
 from t2i.train import dist
 from t2i.train.run import images_to_tensor
+
+log = logging.getLogger("t2i.data")
 
 
 @dataclass
@@ -51,6 +54,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     spec = cfg.train_spec()
     endless = is_shapes(spec)
     epoch, skip = 0, start
+    warned = False
     while True:
         stream = open_source(spec, resolution=cfg.resolution, seed=cfg.seed + epoch, shuffle=cfg.shuffle,
                              rank=rank, world_size=world, start=skip if endless else 0)
@@ -64,7 +68,12 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
             got += len(chunk)
             if counterfactuals:
                 pairs = (counterfactual(s, random.Random(f"counterfactual:{cfg.seed + epoch}:{s.key}")) for s in chunk)
-                chunk += [p for p in pairs if p is not None]
+                found = [p for p in pairs if p is not None]
+                if not found and not warned:
+                    log.warning("counterfactuals are on but %s's samples carry no shapes ground truth (a canonical "
+                                "caption and objects): training on plain batches", cfg.source)
+                    warned = True
+                chunk += found
             batch: dict[str, Any] = {"image": images_to_tensor([s.image for s in chunk]),
                                      "caption": [s.caption for s in chunk]}
             if tokenizer is not None:
