@@ -101,18 +101,6 @@ def throughput(run: Path, batch: int = 64) -> float:
     return batch / (time.perf_counter() - t)
 
 
-def decoding(s: dict, family: str) -> str:
-    """The decoding options a row was sampled with, as one phrase (the filters only when they are on)."""
-    parts = [f"{family}: {s['sampler']}", f"{s['steps']} steps", f"guidance {s['guidance']}"]
-    if s.get("top_k"):
-        parts.append(f"top-k {s['top_k']}")
-    if s.get("top_p") not in (None, 1.0):
-        parts.append(f"top-p {s['top_p']}")
-    if s.get("temperature") not in (None, 1.0):
-        parts.append(f"temperature {s['temperature']}")
-    return ", ".join(parts)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs", help="folder holding <family>-quick runs")
@@ -134,7 +122,7 @@ def main() -> None:
             subprocess.run(cmd, check=True)
 
     import t2i
-    from t2i.eval.runs import evaluate
+    from t2i.eval.runs import describe_sampling, evaluate
     from t2i.train.run import read_meta
 
     torch.set_num_threads(1)  # every measurement below on one thread, so the figures compare across runs
@@ -163,8 +151,8 @@ def main() -> None:
             rr = evaluate(run, progress=False, out_name="reranked", clip=str(clip_run))
             rows.append(row(f"{f}, best of {n} by CLIP", rr, sec, params, f"{rr['sampling']['images_per_s']:.1f} "
                             f"(prompts/s: {n} candidates + CLIP)", clip_min))
-    rows += ["", "Decoding options: the runs' defaults (" + "; ".join(decoding(evals[f]["sampling"], f) for f in runs)
-             + ")."]
+    rows += ["", "Decoding options: the runs' defaults (" + "; ".join(
+        f"{f}: {describe_sampling(evals[f]['sampling'])}" for f in runs) + ")."]
     if clip_min is not None:
         rows.append(f"Reranking CLIP: `{clip_run}` ({clip_min:.1f} min of training, counted in the reranked rows' "
                     "time).")

@@ -102,3 +102,14 @@ def test_report_with_standard_inception_features_from_a_local_file(runs, tmp_pat
     rep = json.loads((ldm / "eval" / "report.json").read_text())
     assert rep["fid_kid"]["features"].startswith("inception-") and rep["fid_kid"]["n_fake"] == 4
     assert set(rep["scores"]) == {"kid", "kid_std"}
+
+
+def test_sampling_phrase_names_token_filters_only_when_on():
+    from t2i.eval.runs import describe_sampling
+
+    assert describe_sampling({"sampler": "ddim", "steps": 50, "guidance": 3.0}) == "ddim, 50 steps, guidance 3.0"
+    token = {"sampler": "autoregressive", "steps": 64, "guidance": 1.5, "top_k": 8, "top_p": None,
+             "temperature": 1.0}
+    assert describe_sampling(token) == "autoregressive, 64 steps, guidance 1.5, top-k 8"
+    token.update(top_k=None, top_p=0.9, temperature=0.7)
+    assert describe_sampling(token) == "autoregressive, 64 steps, guidance 1.5, top-p 0.9, temperature 0.7"

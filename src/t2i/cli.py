@@ -197,7 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from t2i.api import train
     from t2i.data.shapes import iter_samples
     from t2i.data.sources import open_source, preview_grid, write_shards
-    from t2i.eval.runs import evaluate
+    from t2i.eval.runs import describe_sampling, evaluate
     from t2i.eval.shapesbench import format_table, score_dir, write_groundtruth
 
     out = Path(args.out)
@@ -220,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     result = evaluate(run, progress=False)
     print(format_table(result))
     s = result["sampling"]
-    print(f"sampling: {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}: {s['images_per_s']} images/s")
+    print(f"sampling: {describe_sampling(s)}: {s['images_per_s']} images/s")
     (out / "summary.json").write_text(json.dumps(
         {"groundtruth": gt, "ldm": result, "train_minutes_this_invocation": round(train_min, 2)}, indent=1))
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; samples: {run / 'samples'}, "

@@ -220,10 +220,12 @@ def format_scores(r: dict[str, Any]) -> str:
 
 
 def format_markdown(r: dict[str, Any]) -> str:
+    from t2i.eval.runs import describe_sampling
+
     s = r["sampling"]
     lines = [f"# Evaluation report: `{r['run']}` ({r['family']})", "",
-             f"{r['images']} images of the ShapesBench prompts; sampler {s['sampler']}, {s['steps']} steps, "
-             f"guidance {s['guidance']}, {s['seconds'] / max(s['images'], 1):.3f} s per image.", "",
+             f"{r['images']} images of the ShapesBench prompts; sampler {describe_sampling(s)}, "
+             f"{s['seconds'] / max(s['images'], 1):.3f} s per image.", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v, 4)} |" for k, v in r["scores"].items()]
     if "fid_kid" in r:

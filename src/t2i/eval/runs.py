@@ -45,6 +45,19 @@ def sampling_options(pipe: Any, steps: int | None = None, guidance: float | None
     return None
 
 
+def describe_sampling(s: dict[str, Any]) -> str:
+    """How a result's images were sampled, as one phrase: sampler, steps and guidance, then the token
+    families' filters when they are on, since top-k alone moved ShapesBench by up to 0.07 (docs/tokens.md)."""
+    parts = [str(s["sampler"]), f"{s['steps']} steps", f"guidance {s['guidance']}"]
+    if s.get("top_k"):
+        parts.append(f"top-k {s['top_k']}")
+    if s.get("top_p") not in (None, 1.0):
+        parts.append(f"top-p {s['top_p']}")
+    if s.get("temperature") not in (None, 1.0):
+        parts.append(f"temperature {s['temperature']}")
+    return ", ".join(parts)
+
+
 def evaluate(run: str | Path, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 64, progress: bool = True,
              out_name: str = "shapesbench", **options: Any) -> dict[str, Any]:
@@ -78,6 +91,5 @@ def evaluate(run: str | Path, steps: int | None = None, guidance: float | None =
     if progress:
         print(format_table(result))
         s = result["sampling"]
-        print(f"sampling: {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}: "
-              f"{s['images_per_s']} images/s ({s['images']} in {s['seconds']} s)")
+        print(f"sampling: {describe_sampling(s)}: {s['images_per_s']} images/s ({s['images']} in {s['seconds']} s)")
     return result
