@@ -134,7 +134,7 @@ def main() -> None:
 
     def row(name: str, res: dict, sec: dict, params: int, speed: str, extra_min: float = 0.0) -> str:
         k = res["kinds"]
-        times = f"{(sec['tokenizer'] + sec['vq']) / 60:.1f} / {sec['transformer'] / 60:.1f}"
+        times = f"{(sec['tokenizer'] + sec['vq'] + sec.get('vq_decoder', 0.0)) / 60:.1f} / {sec['transformer'] / 60:.1f}"
         times += f" + {extra_min:.1f}" if extra_min else ""
         return (f"| {name} | {sum(sec.values()) / 60 + extra_min:.1f} ({times}) | {params / 1e6:.1f}M | "
                 + " | ".join(f"{k[x]:.3f}" for x in ("single_object", "size", "two_object", "position", "counting"))

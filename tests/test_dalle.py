@@ -11,7 +11,7 @@ import t2i
 from t2i.api import train
 from t2i.errors import UserError
 from t2i.tokens.family import TokenPipeline
-from t2i.train.run import read_meta
+from t2i.train.run import read_meta, write_meta
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +154,38 @@ def test_tokenizer_reuse_and_its_errors(cli, run, tmp_path):
             "--set", "train.steps=2", "-q")
     assert r.returncode == 0, r.stderr
     meta = read_meta(out)
-    assert meta["tokenizer_from"] == str(run) and meta["stages_done"] == ["tokenizer", "vq", "transformer"]
+    assert meta["tokenizer_from"] == str(run)
+    assert meta["stages_done"] == ["tokenizer", "vq", "vq_decoder", "transformer"]  # the copied VQ is final
     assert (out / "vq.safetensors").read_bytes() == (run / "vq.safetensors").read_bytes()
     assert "vq_000004.png" not in {p.name for p in (out / "samples").iterdir()}  # no VQ was trained
     r = cli("train", "--family", "ldm", "--preset", "tiny", "--tokenizer", run, "--out", tmp_path / "x")
     assert r.returncode == 2 and "--tokenizer RUN applies to a new run of a token family" in r.stderr
     r = cli("train", "--family", "dalle", "--preset", "tiny", "--tokenizer", tmp_path / "nope", "--out", tmp_path / "y")
     assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_decoder_phase_fine_tunes_only_the_decoder_and_resumes(cli, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "dec"
+    r = cli("train", "--family", "dalle", "--preset", "tiny", "--out", out, "--set", "vq_decoder_train.steps=3",
+            "--set", "vq_decoder_train.log_every=1", "-q")
+    assert r.returncode == 0, r.stderr
+    meta = read_meta(out)
+    assert meta["stages_done"] == ["tokenizer", "vq", "vq_decoder", "transformer"]
+    assert 0 < meta["vq"]["codes_used"] <= 32  # the VQ report describes the fine-tuned tokenizer
+    assert sum(line.startswith("vq_decoder,") for line in (out / "log.csv").read_text().splitlines()) == 3
+    # Another run cannot reuse a tokenizer whose decoder phase has not finished.
+    meta["stages_done"] = ["tokenizer", "vq"]
+    write_meta(out, meta)
+    r = cli("train", "--family", "parti", "--preset", "tiny", "--tokenizer", out, "--out", tmp_path / "p")
+    assert r.returncode == 2 and "decoder fine-tuning (stage vq_decoder) has not finished" in r.stderr
+    # Resumed after the VQ stage: the phase runs again and moves the decoder, never the encoder or codebook.
+    before = load_file(str(out / "vq.safetensors"))
+    r = cli("train", "--resume", "--out", out, "--set", "train.steps=2", "-q")
+    assert r.returncode == 0, r.stderr
+    assert read_meta(out)["stages_done"][-2:] == ["vq_decoder", "transformer"]
+    after = load_file(str(out / "vq.safetensors"))
+    frozen = [k for k in before if not k.startswith("decoder.")]
+    assert "quantizer.codebook" in frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

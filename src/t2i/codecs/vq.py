@@ -28,7 +28,8 @@ The quantizer carries the fixes that decide whether a codebook works at small sc
   codebook term); gradients pass the quantizer by the straight-through estimator.
 
 No perceptual or adversarial loss: shapes are flat colours on a flat background, and L1 + MSE reconstruct
-them exactly enough for ShapesBench (docs/tokens.md has the measurements).
+them exactly enough for ShapesBench; a hinge GAN term tried in the decoder fine-tuning phase made the
+candidates worse (docs/tokens.md has the measurements).
 """
 
 from __future__ import annotations

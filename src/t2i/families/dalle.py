@@ -10,7 +10,7 @@ with a KV cache, temperature, top-k, top-p, and reranking of N candidates by CLI
 given. Departure: 10% caption dropout so classifier-free guidance on logits (a later idea, from
 Make-A-Scene / Parti) can be used; the original relied on reranking alone.
 
-Stages: tokenizer -> vq -> transformer (shared with Parti and MaskGIT, `t2i.tokens.family`).
+Stages: tokenizer -> vq -> (vq_decoder) -> transformer (shared with Parti and MaskGIT, `t2i.tokens.family`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(candidates=4))
     vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.tokens.family.DecoderStage)
+    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
+                                                                              ema_decay=0.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
     tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
 

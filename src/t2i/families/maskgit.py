@@ -14,7 +14,7 @@ image codes (MaskGIT's cosine schedule) with a [MASK] token and takes cross-entr
 caption dropout 10% for classifier-free guidance on logits; decoding in ~8 steps with the cosine schedule
 and confidence-based re-masking with annealed Gumbel noise (`t2i.tokens.decoding.sample_parallel`).
 
-Stages: tokenizer -> vq -> transformer.
+Stages: tokenizer -> vq -> (vq_decoder) -> transformer.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="parallel", steps=8))
     vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.tokens.family.DecoderStage)
+    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
+                                                                              ema_decay=0.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
     tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
 

@@ -9,7 +9,7 @@ lookup, 64 codes per 64x64 image); classifier-free guidance on logits with capti
 Departures: a shared learned <start-of-image> token instead of a BOS from the code vocabulary, and small
 widths for a CPU budget. The encoder is trained jointly from scratch (no pretrained BERT here).
 
-Stages: tokenizer -> vq -> transformer (shared with DALL-E and MaskGIT, `t2i.tokens.family`).
+Stages: tokenizer -> vq -> (vq_decoder) -> transformer (shared with DALL-E and MaskGIT, `t2i.tokens.family`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.tokens.family.DecoderStage)
+    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
+                                                                              ema_decay=0.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
     tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
 
