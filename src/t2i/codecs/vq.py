@@ -184,6 +184,12 @@ class VectorQuantizer(nn.Module):
         return q.reshape(b, h, w, d).permute(0, 3, 1, 2), codes.reshape(b, h, w), commit
 
 
+def reconstruction_loss(x: Tensor, rec: Tensor) -> Tensor:
+    """L1 + MSE in float32, as the KL autoencoder: what the VQ stage and its decoder fine-tuning minimise."""
+    diff = x.float() - rec.float()
+    return diff.abs().mean() + diff.pow(2).mean()
+
+
 class VQTokenizer(nn.Module):
     """Images (B, 3, H, W) in [-1, 1] <-> codes (B, H/f, W/f) in [0, codebook_size)."""
 
@@ -220,8 +226,7 @@ class VQTokenizer(nn.Module):
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """rec (L1 + MSE, as the KL autoencoder) + commitment * ||z_e - sg(z_q)||^2, plus diagnostics."""
         q, codes, commit = self.quantizer(self.to_code(self.encoder(x)), generator)
-        diff = x.float() - self.decoder(q.to(x.dtype)).float()
-        rec = diff.abs().mean() + diff.pow(2).mean()
+        rec = reconstruction_loss(x, self.decoder(q.to(x.dtype)))
         used = torch.tensor(float(codes.unique().numel()) / self.cfg.codebook_size)
         return {"loss": rec + self.cfg.commitment * commit, "rec": rec, "commit": commit,
                 "batch_usage": used, "restarts": torch.tensor(float(self.quantizer.restarts))}

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from t2i.codecs.vq import VQTokenizer, codebook_usage
+from t2i.codecs.vq import VQTokenizer, codebook_usage, reconstruction_loss
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
@@ -111,8 +111,7 @@ class DecoderStage(nn.Module):
         x = batch["image"]
         with torch.no_grad():
             codes = self.vq.encode(x)
-        diff = x.float() - self.vq.decode(codes).float()
-        rec = diff.abs().mean() + diff.pow(2).mean()
+        rec = reconstruction_loss(x, self.vq.decode(codes))
         return {"loss": rec, "rec": rec}
 
 
@@ -180,9 +179,10 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
     if cfg.tokenizer_run and stages.todo("tokenizer"):
         src = _reuse_tokenizer(cfg, run)
         stages.finish("tokenizer", tokenizer_from=str(src))
+        report = read_meta(src).get("vq", {})
         for copied in ("vq", "vq_decoder"):  # the copied VQ is final: its decoder is not fine-tuned again
             stages.todo(copied)
-            stages.finish(copied, vq=read_meta(src).get("vq", {}))
+            stages.finish(copied, vq=report)
     tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
     decoder_phase = cfg.vq_decoder_train.steps > 0 and not stages.done("transformer")
 
