@@ -38,6 +38,13 @@ class AutoencoderConfig:
     patch: int = 1
 
 
+def reconstruction_loss(x: Tensor, rec: Tensor) -> Tensor:
+    """L1 + MSE in float32 (bf16 would round away small errors): what this autoencoder, the VQ tokenizer and
+    its decoder fine-tuning all minimise."""
+    diff = x.float() - rec.float()
+    return diff.abs().mean() + diff.pow(2).mean()
+
+
 class DiagonalGaussian:
     """The encoder's posterior q(z|x) = N(mean, exp(logvar)), per latent element (B, C, h, w)."""
 
@@ -138,8 +145,7 @@ class AutoencoderKL(nn.Module):
         """
         posterior = self.encode(x)
         x_hat = self.decode(posterior.sample(generator))
-        diff = x.float() - x_hat.float()
-        rec = diff.abs().mean() + diff.pow(2).mean()
+        rec = reconstruction_loss(x, x_hat)
         kl = posterior.kl().mean()
         return {"loss": rec + self.cfg.kl_weight * kl, "rec": rec, "kl": kl}
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from t2i.codecs.autoencoder import AutoencoderConfig, Decoder, Encoder
+from t2i.codecs.autoencoder import AutoencoderConfig, Decoder, Encoder, reconstruction_loss
 
 
 @dataclass
@@ -182,12 +182,6 @@ class VectorQuantizer(nn.Module):
             commit = (flat - q).pow(2).sum(dim=1).mean()  # q is a buffer: gradient reaches the encoder only
             q = flat + (q - flat).detach()
         return q.reshape(b, h, w, d).permute(0, 3, 1, 2), codes.reshape(b, h, w), commit
-
-
-def reconstruction_loss(x: Tensor, rec: Tensor) -> Tensor:
-    """L1 + MSE in float32, as the KL autoencoder: what the VQ stage and its decoder fine-tuning minimise."""
-    diff = x.float() - rec.float()
-    return diff.abs().mean() + diff.pow(2).mean()
 
 
 class VQTokenizer(nn.Module):

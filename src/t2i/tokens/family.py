@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from t2i.codecs.vq import VQTokenizer, codebook_usage, reconstruction_loss
+from t2i.codecs.autoencoder import reconstruction_loss
+from t2i.codecs.vq import VQTokenizer, codebook_usage
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
