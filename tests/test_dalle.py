@@ -10,6 +10,7 @@ import torch
 import t2i
 from t2i.api import train
 from t2i.errors import UserError
+from t2i.eval.runs import evaluate
 from t2i.tokens.family import TokenPipeline
 from t2i.train.run import read_meta, write_meta
 
@@ -59,6 +60,22 @@ def test_clip_reranking_returns_the_best_candidate(run):
     reds = [np.asarray(im, float)[..., 0].mean() for im in cands]
     assert np.array_equal(np.asarray(best), np.asarray(cands[int(np.argmax(reds))]))
     assert pipe.options(candidates=3, clip=FakeClip())["rerank"] == "FakeClip"
+
+
+def test_draw_keeps_every_candidate_and_pick_reranks_them(run):
+    pipe = t2i.load(str(run))
+    prompts = ["a red circle", "two blue squares"]
+    groups = pipe.draw(prompts, seed=3, candidates=3)
+    assert [len(g) for g in groups] == [3, 3]
+    first = pipe(prompts, seed=3, candidates=1)
+    assert all(np.array_equal(np.asarray(g[0]), np.asarray(f)) for g, f in zip(groups, first, strict=True))
+    best = pipe(prompts, seed=3, candidates=3, clip=FakeClip())
+    picked = pipe.pick(prompts, groups, FakeClip())
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(best, picked, strict=True))
+    with pytest.raises(UserError, match="reranking needs a CLIP run"):
+        pipe.pick(prompts, groups)
+    with pytest.raises(UserError, match="same number of candidates"):
+        pipe.pick(prompts, [groups[0], groups[1][:2]], FakeClip())
 
 
 def test_reranking_off_without_clip_says_so(run, capsys):
@@ -132,6 +149,14 @@ def test_cli_eval_reranks_with_a_clip_run_and_records_it(cli, run, tmp_path):
     assert r.returncode == 0, r.stderr
     sampling = json.loads((run / "eval" / "rr.json").read_text())["sampling"]
     assert sampling["candidates"] == 2 and sampling["rerank"] == str(clip_run) and sampling["images"] == 5
+    # every candidate judged: the first alone is the one-image eval, and "any" bounds what reranking picks
+    res = json.loads((run / "eval" / "rr.json").read_text())
+    cands = res["candidates"]
+    assert cands["n"] == 2 and cands["any"]["counts"] == res["counts"]
+    one = evaluate(run, limit=5, candidates=1, out_name="one", progress=False)
+    assert cands["first"]["kinds"] == one["kinds"]
+    for kind, v in res["kinds"].items():
+        assert max(v, cands["first"]["kinds"][kind]) <= cands["any"]["kinds"][kind]
     r = cli("eval", run, "--n", 5, "--candidates", 2, "--rerank", run, "--name", "rr2", "-q")
     assert r.returncode == 2 and "--rerank" in r.stderr and "not a CLIP run" in r.stderr
     assert r.stderr.strip().count("\n") == 0

@@ -58,6 +58,18 @@ def describe_sampling(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def judge_candidates(prompts: list[str], groups: list[list[Any]]) -> dict[str, Any]:
+    """ShapesBench of the first candidate alone and of "any candidate right" per prompt.
+
+    The gap between what reranking picks and "any" is the reranker's share of the error, the gap between
+    "first" and "any" is what drawing more candidates can buy: the two levers of best-of-N, told apart."""
+    from t2i.eval.shapesbench import score_image, summarize
+
+    oks = [[score_image(im, p)[0] for im in g] for p, g in zip(prompts, groups, strict=True)]
+    return {"n": len(groups[0]), "first": summarize(zip(prompts, (o[0] for o in oks), strict=True)),
+            "any": summarize(zip(prompts, (any(o) for o in oks), strict=True))}
+
+
 def evaluate(run: str | Path, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 64, progress: bool = True,
              out_name: str = "shapesbench", **options: Any) -> dict[str, Any]:
@@ -74,9 +86,17 @@ def evaluate(run: str | Path, steps: int | None = None, guidance: float | None =
     used = sampling_options(pipe, steps, guidance, sampler, **options)
     prompts = spread_prompts(limit)  # a partial evaluation still covers every kind
     seeds = [seed + i for i in range(len(prompts))]
+    n = used.get("candidates", 1) if used else 1
     t0 = time.perf_counter()
-    images = generate_batched(pipe, prompts, seeds, batch_size, progress, "eval: generating",
-                              steps=steps, guidance=guidance, sampler=sampler, **options)
+    if n > 1:  # reranked: keep every candidate, to report how often any of them is right
+        drawn = {k: v for k, v in options.items() if k != "clip"}
+        groups = generate_batched(pipe.draw, prompts, seeds, max(1, batch_size // n), progress,
+                                  f"eval: generating {n} candidates per prompt", steps=steps, guidance=guidance,
+                                  sampler=sampler, **drawn)
+        images = pipe.pick(prompts, groups, options.get("clip"))
+    else:
+        images = generate_batched(pipe, prompts, seeds, batch_size, progress, "eval: generating",
+                                  steps=steps, guidance=guidance, sampler=sampler, **options)
     seconds = time.perf_counter() - t0
     out = run / "eval" / out_name
     write_images(out, zip(images, prompts, seeds, strict=True))
@@ -87,9 +107,15 @@ def evaluate(run: str | Path, steps: int | None = None, guidance: float | None =
                 "sampler": sampler or sc.sampler}
     result["sampling"] = {**used, "images": len(images), "seconds": round(seconds, 2),
                           "images_per_s": round(len(images) / seconds, 2)}
+    if n > 1:
+        result["candidates"] = judge_candidates(prompts, groups)
     (run / "eval" / f"{out_name}.json").write_text(json.dumps(result, indent=1))
     if progress:
         print(format_table(result))
         s = result["sampling"]
         print(f"sampling: {describe_sampling(s)}: {s['images_per_s']} images/s ({s['images']} in {s['seconds']} s)")
+        if n > 1:
+            c, f = result["candidates"], lambda x: "-" if x is None else f"{x:.3f}"
+            print(f"candidates: best of {n} by CLIP {f(result['overall'])}; the first alone "
+                  f"{f(c['first']['overall'])}; any of the {n} right {f(c['any']['overall'])} (a perfect reranker)")
     return result

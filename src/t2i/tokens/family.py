@@ -329,32 +329,58 @@ class TokenPipeline:
 
         With `candidates` N > 1 and a CLIP run (`clip`: a run directory or a loaded CLIP with
         encode_image / encode_text), N images are drawn per prompt and the one CLIP rates closest to the
-        prompt is returned (DALL-E's reranking). `strength` is accepted for CLI uniformity and unused.
+        prompt is returned (DALL-E's reranking): `draw`, then `pick`. `strength` is accepted for CLI
+        uniformity and unused.
         """
         if init_image is not None:
             raise UserError(f"--init-image (img2img) is not supported by {self.family} runs; leave it out")
         clip = self.cfg.sample.clip if clip is None else clip
         opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates, clip)
-        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        n = opts["candidates"]
-        clip_model = self._load_clip(clip) if n > 1 else None
         asked = self.cfg.sample.candidates if candidates is None else candidates
-        if asked > 1 and n == 1 and not TokenPipeline._rerank_notice_shown:
+        if asked > 1 and opts["candidates"] == 1 and not TokenPipeline._rerank_notice_shown:
             print(f"t2i: CLIP reranking is off: no CLIP run given (pass --rerank RUN, a run of `t2i train "
                   f"--family clip`); returning 1 image per prompt instead of the best of {asked}", file=sys.stderr)
             TokenPipeline._rerank_notice_shown = True
+        groups = self.draw(prompts, seed, seeds, guidance, temperature, top_k, top_p, steps, sampler,
+                           opts["candidates"], use_cache, batch_size)
+        return self.pick(prompts, groups, clip) if opts["candidates"] > 1 else [g[0] for g in groups]
+
+    @torch.no_grad()
+    def draw(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None,
+             guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
+             candidates: int | None = None, use_cache: bool = True, batch_size: int = 64
+             ) -> list[list[Image.Image]]:
+        """Every candidate, without reranking: `candidates` images per prompt (the run's `sample.candidates`
+        by default). Candidate 0 uses the prompt's own seed, so it is the image `candidates=1` gives, and
+        reranking only ever adds alternatives. Kept separate from `pick` so an evaluation can judge all of
+        them: how often any candidate is right is the ceiling a perfect reranker would reach."""
+        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler)
+        n = self.cfg.sample.candidates if candidates is None else candidates
+        if n < 1:
+            raise UserError(f"--candidates must be at least 1, got {n}")
+        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         decode = DecodeOptions(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
-        # Candidate 0 of an image uses the image's own seed, so reranking only ever adds alternatives.
         all_prompts = [p for p in prompts for _ in range(n)]
         all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]
         images: list[Image.Image] = []
         for i in range(0, len(all_prompts), batch_size):
             images += self._generate(all_prompts[i:i + batch_size], all_seeds[i:i + batch_size], decode, use_cache)
-        if n == 1:
-            return images
-        return rerank(clip_model, prompts, images, n)
+        return [images[i:i + n] for i in range(0, len(images), n)]
+
+    def pick(self, prompts: list[str], groups: list[list[Image.Image]], clip: Any = None) -> list[Image.Image]:
+        """Each prompt's candidate that the CLIP run (`clip`, or the run's `sample.clip`) rates closest to it."""
+        clip = self.cfg.sample.clip if clip is None else clip
+        if not clip:
+            raise UserError("reranking needs a CLIP run: pass --rerank RUN (a run of `t2i train --family clip`)")
+        n = len(groups[0]) if groups else 1
+        if any(len(g) != n for g in groups):
+            raise UserError("every prompt needs the same number of candidates to rerank")
+        model, step = self._load_clip(clip), max(1, 2048 // n)  # a chunk of prompts at a time bounds memory
+        return [im for i in range(0, len(prompts), step)
+                for im in rerank(model, prompts[i:i + step], [im for g in groups[i:i + step] for im in g], n)]
 
     def _generate(self, prompts: list[str], seeds: list[int], opts: DecodeOptions, use_cache: bool) -> list:
         ids, mask = self.tokenizer.encode(prompts, self.cfg.text.max_len)
