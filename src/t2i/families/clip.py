@@ -234,9 +234,15 @@ class Pipeline:
 
     @torch.no_grad()
     def encode_image(self, images: ImageInput, batch_size: int = 256) -> Tensor:
-        """(N, embed_dim) unit vectors for PIL images or a (N, 3, H, W) tensor in [-1, 1]."""
-        x = self.to_tensor(images)
-        return torch.cat([self.model.encode_image(c.to(self.device)) for c in x.split(batch_size)])
+        """(N, embed_dim) unit vectors for PIL images or a (N, 3, H, W) tensor in [-1, 1].
+
+        PIL images are converted a batch at a time, so reranking thousands of candidates never holds them all
+        as one float tensor."""
+        if isinstance(images, Tensor):
+            chunks = iter(self.to_tensor(images).split(batch_size))
+        else:  # range(0, 1) for an empty list, so to_tensor still says what was wrong
+            chunks = (self.to_tensor(images[i:i + batch_size]) for i in range(0, max(len(images), 1), batch_size))
+        return torch.cat([self.model.encode_image(c.to(self.device)) for c in chunks])
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str], batch_size: int = 256) -> Tensor:

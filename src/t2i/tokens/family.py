@@ -355,10 +355,8 @@ class TokenPipeline:
         by default). Candidate 0 uses the prompt's own seed, so it is the image `candidates=1` gives, and
         reranking only ever adds alternatives. Kept separate from `pick` so an evaluation can judge all of
         them: how often any candidate is right is the ceiling a perfect reranker would reach."""
-        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler)
+        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates)
         n = self.cfg.sample.candidates if candidates is None else candidates
-        if n < 1:
-            raise UserError(f"--candidates must be at least 1, got {n}")
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -378,9 +376,7 @@ class TokenPipeline:
         n = len(groups[0]) if groups else 1
         if any(len(g) != n for g in groups):
             raise UserError("every prompt needs the same number of candidates to rerank")
-        model, step = self._load_clip(clip), max(1, 2048 // n)  # a chunk of prompts at a time bounds memory
-        return [im for i in range(0, len(prompts), step)
-                for im in rerank(model, prompts[i:i + step], [im for g in groups[i:i + step] for im in g], n)]
+        return rerank(self._load_clip(clip), prompts, [im for g in groups for im in g], n)
 
     def _generate(self, prompts: list[str], seeds: list[int], opts: DecodeOptions, use_cache: bool) -> list:
         ids, mask = self.tokenizer.encode(prompts, self.cfg.text.max_len)
