@@ -214,3 +214,15 @@ def test_decoder_phase_fine_tunes_only_the_decoder_and_resumes(cli, tmp_path):
     frozen = [k for k in before if not k.startswith("decoder.")]
     assert "quantizer.codebook" in frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def test_train_seed_reproduces_a_run_and_another_seed_changes_it(run, tmp_path):
+    # The global generator is seeded per stage, so initial weights (not only data and noise) follow the seed.
+    from safetensors.torch import load_file
+
+    same = train("dalle", str(tmp_path / "same"), preset="tiny", progress=False)
+    other = train("dalle", str(tmp_path / "other"), preset="tiny", overrides=["train.seed=1"], progress=False)
+    for part in ("vq", "transformer"):
+        ref, a, b = (load_file(str(r / f"{part}.safetensors")) for r in (run, same, other))
+        assert all(torch.equal(ref[k], a[k]) for k in ref), part
+        assert any(not torch.equal(ref[k], b[k]) for k in ref), part

@@ -71,6 +71,22 @@ def test_warmup_passes_features_through_then_quantises():
     assert torch.allclose(out, q.codebook[codes].permute(0, 3, 1, 2), atol=1e-6)
 
 
+def test_kmeans_clusters_the_last_warmup_batches_when_asked():
+    # One batch with 2 vectors for 4 codes cannot place them all; the pooled warm-up batches can.
+    centres = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0])
+    batches = [centres[i:i + 2].reshape(1, 2, 1, 3).permute(0, 3, 1, 2) for i in (0, 2, 0)]
+    pooled, single = VectorQuantizer(size=4, dim=3, warmup_steps=2, kmeans_batches=3).train(), \
+        VectorQuantizer(size=4, dim=3, warmup_steps=2).train()
+    gen = torch.Generator().manual_seed(0)
+    for z in batches:
+        pooled(z, gen)
+        single(z, gen)
+    assert len(set(pooled.lookup(centres).tolist())) == 4 and not pooled._pool
+    assert len(set(single.lookup(centres).tolist())) < 4
+    with pytest.raises(ValueError, match="kmeans_batches must be at least 1"):
+        VectorQuantizer(size=4, dim=3, kmeans_batches=0)
+
+
 def test_straight_through_gradient_reaches_the_encoder_only():
     vq = VQTokenizer(TINY).train()
     x = torch.rand(2, 3, 64, 64) * 2 - 1

@@ -60,6 +60,7 @@ class VQConfig:
     dead_threshold: float = 0.03  # recent assignments per batch below which a code is restarted
     kmeans_iters: int = 10
     warmup_steps: int = 100  # training steps as a plain autoencoder before k-means init and quantisation
+    kmeans_batches: int = 1  # the last warm-up batches whose encoder outputs k-means clusters (1: the init batch)
 
     def autoencoder(self) -> AutoencoderConfig:
         """The encoder/decoder shape, as the KL autoencoder's config (latent_channels = code_dim)."""
@@ -86,9 +87,13 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, size: int, dim: int, decay: float = 0.99, dead_threshold: float = 0.03,
-                 kmeans_iters: int = 10, warmup_steps: int = 0):
+                 kmeans_iters: int = 10, warmup_steps: int = 0, kmeans_batches: int = 1):
         super().__init__()
+        if kmeans_batches < 1:
+            raise ValueError(f"kmeans_batches must be at least 1 (the init batch itself), got {kmeans_batches}")
         self.size, self.dim, self.decay, self.warmup_steps = size, dim, decay, warmup_steps
+        self.kmeans_batches = kmeans_batches
+        self._pool: list[Tensor] = []  # the last warm-up batches' vectors, for k-means (not saved)
         self.dead_threshold, self.kmeans_iters = dead_threshold, kmeans_iters
         self.register_buffer("codebook", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("cluster_size", torch.zeros(size))  # EMA of assignments per batch
@@ -171,10 +176,13 @@ class VectorQuantizer(nn.Module):
             if self.training:
                 self.steps_seen += 1
                 if int(self.steps_seen) <= self.warmup_steps:  # autoencoder warm-up: no quantisation yet
+                    if int(self.steps_seen) > self.warmup_steps - (self.kmeans_batches - 1):
+                        self._pool.append(flat.detach())
                     codes = self.lookup(flat.detach()).reshape(b, h, w)
                     return z.float() / z.float().norm(dim=1, keepdim=True).clamp(min=1e-12), codes, flat.sum() * 0
                 if not bool(self.initialized):
-                    self.kmeans_init(flat.detach(), generator)
+                    self.kmeans_init(torch.cat([*self._pool, flat.detach()]), generator)
+                    self._pool.clear()
             codes = self.lookup(flat.detach())
             if self.training:
                 self.ema_update(flat.detach(), codes, generator)
@@ -194,7 +202,7 @@ class VQTokenizer(nn.Module):
         self.encoder = Encoder(ae)  # outputs 2 * code_dim channels (the KL encoder's mean/logvar width)
         self.to_code = nn.Conv2d(2 * cfg.code_dim, cfg.code_dim, 1)  # the factorised low-dim projection
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.ema_decay, cfg.dead_threshold,
-                                         cfg.kmeans_iters, cfg.warmup_steps)
+                                         cfg.kmeans_iters, cfg.warmup_steps, cfg.kmeans_batches)
         self.decoder = Decoder(ae)
 
     @property

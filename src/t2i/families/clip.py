@@ -159,7 +159,7 @@ class CLIPStage(nn.Module):
 # --------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     """Tokenizer, then the contrastive stage; each resumes on its own."""
-    stages = Stages(run)
+    stages = Stages(run, cfg.train.seed)
     tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
 
     if stages.todo("clip"):

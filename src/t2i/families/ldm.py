@@ -142,7 +142,7 @@ class DiffusionStage(nn.Module):
 # --------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     """Run every stage not yet done; each one checkpoints and resumes on its own."""
-    stages = Stages(run)
+    stages = Stages(run, cfg.train.seed)
     tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
 
     if stages.todo("autoencoder"):

@@ -176,7 +176,7 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
 
     `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network
     to train, and an instance of it draws the previews and the training-time probe."""
-    stages = Stages(run)
+    stages = Stages(run, cfg.train.seed)
     if cfg.tokenizer_run and stages.todo("tokenizer"):
         src = _reuse_tokenizer(cfg, run)
         stages.finish("tokenizer", tokenizer_from=str(src))
