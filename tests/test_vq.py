@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i.codecs.vq import VectorQuantizer, VQConfig, VQTokenizer, codebook_usage, reconstruction_error
+from t2i.errors import UserError
 from t2i.train.data import DataConfig, batches
 
 TINY = VQConfig(channels=16, num_res_blocks=1, codebook_size=32, code_dim=4, warmup_steps=0, kmeans_iters=3)
@@ -83,7 +84,7 @@ def test_kmeans_clusters_the_last_warmup_batches_when_asked():
         single(z, gen)
     assert len(set(pooled.lookup(centres).tolist())) == 4 and not pooled._pool
     assert len(set(single.lookup(centres).tolist())) < 4
-    with pytest.raises(ValueError, match="kmeans_batches must be at least 1"):
+    with pytest.raises(UserError, match=r"vq\.kmeans_batches must be at least 1"):
         VectorQuantizer(size=4, dim=3, kmeans_batches=0)
 
 

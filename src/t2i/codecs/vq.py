@@ -15,8 +15,9 @@ The quantizer carries the fixes that decide whether a codebook works at small sc
   them instead of being learned by a codebook loss, which is faster and steadier.
 * **k-means initialisation** after an autoencoder warm-up: for the first `warmup_steps` training calls the
   quantizer passes the (normalised) encoder output through unquantised, then the codebook starts as
-  spherical k-means centroids (k-means++ seeding) of that batch's encoder outputs, so every code starts
-  where data is. k-means on
+  spherical k-means centroids (k-means++ seeding) of that batch's encoder outputs (or of the last
+  `kmeans_batches` warm-up batches': one batch of 32 images is only 2,048 vectors for 1,024 codes), so every
+  code starts where data is. k-means on
   a *random* encoder's outputs (step 0) did not work: the first optimiser steps moved all outputs into a
   narrow cone away from the codes, the codebook collapsed to 1-8 codes, and it recovered only slowly.
 * **dead-code restart**: a code whose recent usage (an EMA with a short, ~10-step memory) falls below
@@ -44,6 +45,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from t2i.codecs.autoencoder import AutoencoderConfig, Decoder, Encoder, reconstruction_loss
+from t2i.errors import UserError
 
 
 @dataclass
@@ -90,7 +92,8 @@ class VectorQuantizer(nn.Module):
                  kmeans_iters: int = 10, warmup_steps: int = 0, kmeans_batches: int = 1):
         super().__init__()
         if kmeans_batches < 1:
-            raise ValueError(f"kmeans_batches must be at least 1 (the init batch itself), got {kmeans_batches}")
+            raise UserError(f"vq.kmeans_batches must be at least 1 (1: k-means on the first quantised batch alone), "
+                            f"got {kmeans_batches}")
         self.size, self.dim, self.decay, self.warmup_steps = size, dim, decay, warmup_steps
         self.kmeans_batches = kmeans_batches
         self._pool: list[Tensor] = []  # the last warm-up batches' vectors, for k-means (not saved)
