@@ -48,8 +48,9 @@ class Stages:
 
     `todo` also seeds torch's global generator from the run's `seed` and the stage's name, just before the
     family builds that stage's model: without it every run drew its initial weights at random, so
-    `train.seed` did not reproduce a run (two VQ tokenizers of one seed ended 0.1 apart in reconstruction
-    error), and a stage's weights did not depend on how many random numbers earlier stages had used.
+    `train.seed` did not reproduce a run (two VQ runs with the same seed, identical for their first 100
+    steps by construction, already logged different losses at step 10); seeding by name also keeps a
+    stage's weights independent of how many random numbers earlier stages used.
     Only rank 0 writes; every rank waits at a barrier so none starts the next stage on stale files.
     """
 
