@@ -44,13 +44,13 @@ def cmd_data_preview(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------ bench
 def cmd_bench_prompts(args: argparse.Namespace) -> None:
-    from t2i.eval.shapesbench import VERSION, benchmark_prompts
+    from t2i.eval.shapesbench import PROMPT_SET, benchmark_prompts
 
     prompts = benchmark_prompts()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(prompts) + "\n")
-    print(f"wrote {len(prompts)} {VERSION} prompts to {out}")
+    print(f"wrote the {len(prompts)} prompts of {PROMPT_SET} (the same for every scorer version) to {out}")
 
 
 def cmd_bench_groundtruth(args: argparse.Namespace) -> None:
@@ -61,11 +61,12 @@ def cmd_bench_groundtruth(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_score(args: argparse.Namespace) -> None:
-    from t2i.eval.shapesbench import format_table, score_dir
+    from t2i.eval.shapesbench import VERSION, format_table, score_dir
 
-    result = score_dir(args.dir, progress=not args.quiet)
+    result = score_dir(args.dir, progress=not args.quiet, scorer=args.scorer)
     print(format_table(result))
-    print(f"wrote {Path(args.dir) / 'shapesbench.json'}")
+    name = "shapesbench.json" if result["version"] == VERSION else f"{result['version']}.json"
+    print(f"wrote {Path(args.dir) / name}")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     bg.set_defaults(func=cmd_bench_groundtruth)
     bs = bench.add_parser("score", help="score a folder of generated images (index.jsonl + PNGs)")
     bs.add_argument("dir")
+    bs.add_argument("--scorer", default="v2", help="v2 (default: fits blurred shape templates) or v1 (the "
+                    "threshold rules of figures recorded before v2; writes DIR/shapesbench-v1.json)")
     bs.add_argument("-q", "--quiet", action="store_true")
     bs.set_defaults(func=cmd_bench_score)
 

@@ -344,6 +344,15 @@ def counterfactual(sample: Sample, rng: random.Random, paraphrase_prob: float = 
     if not meta.get("canonical") or "objects" not in meta:
         return None
     spec = parse_prompt(meta["canonical"])
+    neg = minimal_edit(spec, rng)
+    objects = _edit_scene(spec, neg, [Obj(**o) for o in meta["objects"]], rng)
+    return Sample(render(objects, sample.image.size[0]), caption_for(neg, rng, paraphrase_prob),
+                  metadata(neg, objects), key=f"{sample.key}~")
+
+
+def minimal_edit(spec: PromptSpec, rng: random.Random) -> PromptSpec:
+    """A spec of the same kind that no scene of `spec` satisfies, one attribute changed (weighted as in
+    `counterfactual`), never naming a held-out pair that `spec` does not: the hard wrong caption."""
     edits = _perturbations(spec)
     weights = [w for w, _ in edits]
     for _ in range(50):
@@ -351,33 +360,36 @@ def counterfactual(sample: Sample, rng: random.Random, paraphrase_prob: float = 
         if neg is None or neg == spec:
             continue
         pairs = {(neg.color, neg.shape), (neg.color2, neg.shape2)} - {(spec.color, spec.shape), (spec.color2, spec.shape2)}
-        if pairs & HOLDOUT:
-            continue
-        objects = _edit_scene(spec, neg, [Obj(**o) for o in meta["objects"]], rng)
-        return Sample(render(objects, sample.image.size[0]), caption_for(neg, rng, paraphrase_prob),
-                      metadata(neg, objects), key=f"{sample.key}~")
-    raise RuntimeError(f"no counterfactual found for {meta['canonical']!r}")  # not reachable: colour edits always exist
+        if not pairs & HOLDOUT:
+            return neg
+    raise RuntimeError(f"no minimal edit found for {spec.canonical()!r}")  # not reachable: colour edits always exist
 
 
 # ------------------------------------------------------------------------------------------- rendering
-def _coverage(o: Obj, size: int) -> tuple[int, int, np.ndarray]:
-    """Anti-aliased coverage of one object on the pixels of its box: (x0, y0, alpha[h, w])."""
-    x0, y0 = max(int((o.cx - o.r) * size), 0), max(int((o.cy - o.r) * size), 0)
-    x1, y1 = min(int(np.ceil((o.cx + o.r) * size)), size), min(int(np.ceil((o.cy + o.r) * size)), size)
+def shape_coverage(shape: str, cx: float, cy: float, r: float, size: int, x0: int, y0: int, x1: int,
+                   y1: int) -> np.ndarray:
+    """Anti-aliased coverage alpha[h, w] of a shape (centre and half-extent as fractions of a `size`-px side) on
+    the pixel window [x0, x1) x [y0, y1): the one definition of each shape, shared by the renderer and
+    ShapesBench's template fit, so the scorer's idea of a square is exactly the dataset's."""
     ss = SUPERSAMPLE * size
-    xs = (np.arange(x0 * SUPERSAMPLE, x1 * SUPERSAMPLE, dtype=np.float32) + 0.5) / ss - o.cx
-    ys = (np.arange(y0 * SUPERSAMPLE, y1 * SUPERSAMPLE, dtype=np.float32) + 0.5) / ss - o.cy
+    xs = (np.arange(x0 * SUPERSAMPLE, x1 * SUPERSAMPLE, dtype=np.float32) + 0.5) / ss - cx
+    ys = (np.arange(y0 * SUPERSAMPLE, y1 * SUPERSAMPLE, dtype=np.float32) + 0.5) / ss - cy
     X, Y = xs[None, :], ys[:, None]
-    r = o.r
-    if o.shape == "circle":
+    if shape == "circle":
         inside = X * X + Y * Y <= r * r
-    elif o.shape == "square":
+    elif shape == "square":
         inside = (np.abs(X) <= r) & (np.abs(Y) <= r)
     else:  # triangle: apex at top centre, base along the bottom edge of the box
         inside = (Y <= r) & (np.abs(X) <= (Y + r) * 0.5)
     h, w = y1 - y0, x1 - x0
-    alpha = inside.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3), dtype=np.float32)
-    return x0, y0, alpha
+    return inside.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _coverage(o: Obj, size: int) -> tuple[int, int, np.ndarray]:
+    """Anti-aliased coverage of one object on the pixels of its box: (x0, y0, alpha[h, w])."""
+    x0, y0 = max(int((o.cx - o.r) * size), 0), max(int((o.cy - o.r) * size), 0)
+    x1, y1 = min(int(np.ceil((o.cx + o.r) * size)), size), min(int(np.ceil((o.cy + o.r) * size)), size)
+    return x0, y0, shape_coverage(o.shape, o.cx, o.cy, o.r, size, x0, y0, x1, y1)
 
 
 def render(objects: list[Obj], size: int = NATIVE_SIZE) -> Image.Image:

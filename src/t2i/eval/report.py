@@ -155,11 +155,11 @@ def _fid_kid(run: Path, metrics: list[str], extractor: Any, images: list[Image.I
     """FID/KID of the generated images against exact renders of the same prompts (cached features)."""
     from t2i.data.shapes import render_prompt
     from t2i.eval.fid import extract, fid_from_features, kid_from_features, reference_features
-    from t2i.eval.shapesbench import VERSION
+    from t2i.eval.shapesbench import PROMPT_SET
 
     res = images[0].size[0]
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:10]
-    dataset = f"{VERSION}-groundtruth-{len(prompts)}p-{digest}"
+    dataset = f"{PROMPT_SET}-groundtruth-{len(prompts)}p-{digest}"
 
     def renders() -> list[Image.Image]:
         return [render_prompt(p, seed=i, size=res)[0] for i, p in enumerate(prompts)]

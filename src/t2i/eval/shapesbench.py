@@ -1,16 +1,24 @@
 """ShapesBench: an exact compositional benchmark on the shapes dataset (GenEval's categories).
 
 No learned judge: every pixel is explained as a blend of the background and one palette colour (anti-aliased
-edges lie on that line, so they keep their object's colour), pixels at least half-covered form connected
-components per colour, small specks are dropped, and each component gets a shape (vertical mass balance
-picks out triangles, fill ratio splits squares from circles), a size (box side) and a box for GenEval's
-relation rule. An image passes when it holds exactly the objects its caption names and nothing else, with the
-named attributes and relation. The score is the unweighted mean over kinds (GenEval's convention); prompts
-that use a hold-out (colour, shape) pair are reported apart as `novel`.
+and blurred edges lie on that line, so they keep their object's colour), pixels at least half-covered form
+connected components per colour, and small specks are dropped. Scorer v2 (`shapesbench-v2`, the default)
+then judges each object the way the eye does on soft images: a component that falls apart at a higher
+coverage level is split (blur joins touching objects), and each object's soft coverage, rim included, is
+fitted to the three shape templates rendered at the size its area implies and blurred over a range of
+widths; the best fit gives the shape, and the fitted template gives size and box (a blob that fits none is
+`unknown`). v1 (`shapesbench-v1`, `scorer="v1"`) read the shape from the thresholded mask (fill > 0.9 ->
+square), which called soft squares circles; it stays selectable so that older figures can be reproduced.
+
+An image passes when it holds exactly the objects its caption names and nothing else, with the named
+attributes and relation. The score is the unweighted mean over kinds (GenEval's convention); prompts that
+use a hold-out (colour, shape) pair are reported apart as `novel`. The prompt list is the same under both
+scorers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Iterable
@@ -27,19 +35,25 @@ from t2i.data.shapes import (
     KINDS,
     NATIVE_SIZE,
     PALETTE,
+    SHAPES,
     SIZES,
     PromptSpec,
     parse_prompt,
     random_spec,
     relations,
+    shape_coverage,
 )
 from t2i.errors import UserError
 
-VERSION = "shapesbench-v1"
+# The prompt list is seeded by this name and stays the same under every scorer, so figures compare across
+# scorer versions on the same images.
+PROMPT_SET = "shapesbench-v1"
+VERSION = "shapesbench-v2"  # the default scorer's name, what a result records
 PROMPTS_PER_KIND = 100
 NOVEL_PER_KIND = 20
 MIN_AREA = 20  # px at 64x64: the smallest object (small triangle) covers ~80; specks below this are noise
 MAX_RESIDUAL = 60.0  # RGB distance from the nearest background-to-colour line; beyond it a pixel is off-palette
+FAINT = 0.2  # coverage below which a pixel's colour means nothing (noise and the faint rims of blurred objects)
 _SIZE_EDGES = ((SIZES["small"] + SIZES["medium"]), (SIZES["medium"] + SIZES["large"]))  # box sides between sizes
 
 _BG = np.asarray(BACKGROUND, dtype=np.float32)
@@ -63,12 +77,12 @@ def benchmark_prompts(per_kind: int = PROMPTS_PER_KIND, novel_per_kind: int = NO
     """The fixed, versioned prompt list: `per_kind` canonical prompts of each kind, then the novel ones.
 
     Kinds with few distinct prompts cycle through all of them in a fixed shuffled order, so each appears
-    equally often; kinds with many draw distinct prompts. Fixed seeds make the list part of `VERSION`.
+    equally often; kinds with many draw distinct prompts. Fixed seeds make the list part of `PROMPT_SET`.
     """
     out: list[str] = []
     for split, count in (("train", per_kind), ("novel", novel_per_kind)):
         for kind in KINDS:
-            rng = random.Random(f"{VERSION}:{split}:{kind}")
+            rng = random.Random(f"{PROMPT_SET}:{split}:{kind}")
             distinct: list[str] = []
             seen: set[str] = set()
             for _ in range(20000):  # enumerate the kind's prompt space (small kinds exhaust it)
@@ -93,15 +107,42 @@ def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def _unmix(px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pixel: nearest palette colour index, its coverage alpha in [0, 1], and the off-line residual."""
+def _unmix(px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel: nearest palette colour index, its coverage alpha in [0, 1], the off-line residual, and the
+    coverage along every colour's line (h, w, K), which v2 reads in an object's soft rim.
+
+    Pixels below FAINT coverage along every line skip the residual, most of the cost: no rule reads their
+    colour or residual (they are never foreground, and v2 takes a faint rim pixel whatever its colour)."""
     d = px.reshape(-1, 3) - _BG  # (N, 3)
     a = np.clip(d @ _DIRS.T / _DIR_NORM2, 0.0, 1.0)  # (N, K) coverage along each colour's line
-    res = ((d[:, None, :] - a[..., None] * _DIRS[None]) ** 2).sum(-1)  # (N, K)
-    k = res.argmin(1)
-    idx = np.arange(len(k))
+    k = a.argmax(1)
+    alpha = a[np.arange(len(k)), k]
+    res = np.zeros(len(k), dtype=np.float32)
+    live = np.flatnonzero(alpha >= FAINT)
+    al = a[live]
+    r = ((d[live][:, None, :] - al[..., None] * _DIRS[None]) ** 2).sum(-1)  # (n, K)
+    kl = r.argmin(1)
+    idx = np.arange(len(kl))
+    k[live], alpha[live], res[live] = kl, al[idx, kl], np.sqrt(r[idx, kl])
     shape = px.shape[:2]
-    return k.reshape(shape), a[idx, k].reshape(shape), np.sqrt(res[idx, k]).reshape(shape)
+    return k.reshape(shape), alpha.reshape(shape), res.reshape(shape), a.reshape(*shape, -1)
+
+
+def _components(px: np.ndarray) -> tuple[list[tuple[int, tuple[slice, slice], np.ndarray]], tuple]:
+    """Connected components of at-least-half-covered pixels per colour (off-palette pixels form colour K),
+    specks dropped: [(colour index, bounding slice, mask within it)], and the unmixing they came from."""
+    k, alpha, residual, a_all = _unmix(px)
+    fg = alpha >= 0.5
+    off = fg & (residual > MAX_RESIDUAL)
+    labels = np.where(off, len(COLORS), k)
+    comps = []
+    for ci in np.unique(labels[fg]).tolist():  # only the colours present: labelling is most of the cost
+        comp, n = ndimage.label(fg & (labels == ci))
+        for sl, idx in zip(ndimage.find_objects(comp), range(1, n + 1), strict=True):
+            mask = comp[sl] == idx
+            if int(mask.sum()) >= MIN_AREA:
+                comps.append((ci, sl, mask))
+    return comps, (k, alpha, a_all)
 
 
 def _shape_of(mask: np.ndarray) -> str:
@@ -121,30 +162,156 @@ def _size_of(side: float) -> str:
     return "medium" if side < _SIZE_EDGES[1] else "large"
 
 
-def detect(image: Image.Image | np.ndarray) -> list[Detection]:
-    """Every object in an image (resized to 64x64 first), ordered top-left to bottom-right."""
-    px = _to_array(image)
-    k, alpha, residual = _unmix(px)
-    fg = alpha >= 0.5
-    off = fg & (residual > MAX_RESIDUAL)
-    labels = np.where(off, len(COLORS), k)
-    dets: list[Detection] = []
-    for ci in range(len(COLORS) + 1):
-        comp, n = ndimage.label(fg & (labels == ci))
-        if n == 0:
+def _sorted(dets: list[Detection]) -> list[Detection]:
+    return sorted(dets, key=lambda d: (d.box[1], d.box[0]))
+
+
+def detect_v1(image: Image.Image | np.ndarray) -> list[Detection]:
+    """v1: shape from the thresholded mask (vertical mass balance -> triangle, fill > 0.9 -> square), size and
+    box from the mask's bounding box. Kept so that figures recorded under v1 can be reproduced."""
+    comps, _ = _components(_to_array(image))
+    dets = []
+    for ci, sl, mask in comps:
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        side = max(x1 - x0, y1 - y0) / NATIVE_SIZE
+        box = (x0 / NATIVE_SIZE, y0 / NATIVE_SIZE, x1 / NATIVE_SIZE, y1 / NATIVE_SIZE)
+        color = COLORS[ci] if ci < len(COLORS) else "other"
+        dets.append(Detection(color, _shape_of(mask), _size_of(side), box, int(mask.sum())))
+    return _sorted(dets)
+
+
+# v2 fits every component to the three shape templates, each blurred over a range of widths. Blur moves
+# coverage outward but keeps its total and its centroid, so the template's size comes from the soft area and
+# its position from the soft centroid, and only the outline decides the shape: a square with softened
+# corners stays far nearer a square than the circle of the same area.
+FIT_SIGMAS = (0.0, 0.5, 0.8, 1.1, 1.4, 1.8, 2.2)  # px at 64x64: from exact renders to a generator's soft edges
+RIM = 4  # px around the half-covered core where a blurred object still holds coverage
+MAX_MISFIT = 0.35  # squared template error per unit of area above which a blob is no shape at all
+
+
+def _radius(shape: str, area: float) -> float:
+    """Half-extent (px) of the shape whose area is `area`: circle pi r^2, square 4 r^2, triangle 2 r^2."""
+    return float(np.sqrt(area / {"circle": np.pi, "square": 4.0, "triangle": 2.0}[shape]))
+
+
+@functools.lru_cache(maxsize=256)
+def _blur_matrices(n: int) -> np.ndarray:
+    """(S, n, n) row-normalised Gaussian blurs of a length-n window, one per FIT_SIGMAS (zero outside)."""
+    i = np.arange(n, dtype=np.float64)
+    out = np.empty((len(FIT_SIGMAS), n, n), dtype=np.float32)
+    for s, sigma in enumerate(FIT_SIGMAS):
+        if sigma == 0:
+            out[s] = np.eye(n)
             continue
-        for sl, idx in zip(ndimage.find_objects(comp), range(1, n + 1), strict=True):
-            mask = comp[sl] == idx
-            area = int(mask.sum())
-            if area < MIN_AREA:
+        taps = np.arange(-int(4 * sigma) - 1, int(4 * sigma) + 2)
+        norm = np.exp(-(taps**2) / (2 * sigma**2)).sum()
+        out[s] = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma**2)) / norm
+    return out
+
+
+def _fit(w: np.ndarray, valid: np.ndarray, x0: int, y0: int) -> tuple[str, float, float, float, float]:
+    """Best template for soft coverage `w` on the window at (x0, y0): (shape, cx, cy, r, misfit), px units."""
+    mass = float(w.sum())
+    ys, xs = np.indices(w.shape, dtype=np.float32)
+    mx, my = float((w * xs).sum() / mass) + 0.5, float((w * ys).sum() / mass) + 0.5
+    gy, gx = _blur_matrices(w.shape[0]), _blur_matrices(w.shape[1])
+    best = ("circle", 0.0, 0.0, 0.0, np.inf)
+    for shape in SHAPES:
+        r = _radius(shape, mass)
+        cy = my - r / 3 if shape == "triangle" else my  # a triangle's centroid sits a third of r below its centre
+        t = shape_coverage(shape, (x0 + mx) / NATIVE_SIZE, (y0 + cy) / NATIVE_SIZE, r / NATIVE_SIZE, NATIVE_SIZE,
+                           x0, y0, x0 + w.shape[1], y0 + w.shape[0])
+        err = ((((gy @ t) @ gx.transpose(0, 2, 1)) - w) ** 2 * valid).sum(axis=(1, 2)).min() / mass
+        if err < best[4]:
+            best = (shape, x0 + mx, y0 + cy, r, float(err))
+    return best
+
+
+SPLIT_LEVELS = (0.6, 0.7, 0.8, 0.9)  # coverage levels at which touching blurred objects come apart
+SPLIT_MIN_AREA = 6  # px: a part smaller than this at a split level is a noise island, not an object
+
+
+def _soft(j: int, ci: int, win: tuple[slice, slice], owner: np.ndarray, ids: np.ndarray,
+          unmixed: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Component j's soft coverage on a window, and which pixels of the window are its own."""
+    k, alpha, a_all = unmixed
+    valid = owner[win] == j
+    if ci == len(COLORS):  # off-palette: no colour line to read a rim along
+        return (alpha[win] * (ids[win] == j)).astype(np.float32), valid
+    valid &= (k[win] == ci) | (alpha[win] < FAINT)  # this colour's rim, or too faint to be another's
+    return (a_all[win][..., ci] * valid).astype(np.float32), valid
+
+
+def _cores(comps: list, alpha: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(colour, core mask) per object: a component whose coverage falls apart into several parts at a higher
+    level is several objects blurred into one. A single blurred convex shape never does that (its coverage is
+    log-concave, so every level set is convex), so the split cannot cut a lone object in two."""
+    cores = []
+    for ci, sl, mask in comps:
+        full = np.zeros(alpha.shape, dtype=bool)
+        full[sl] = mask
+        parts = [full]
+        for level in SPLIT_LEVELS:
+            lab, n = ndimage.label(mask & (alpha[sl] >= level))
+            if n < 2:
                 continue
-            y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-            side = max(x1 - x0, y1 - y0) / NATIVE_SIZE
-            box = (x0 / NATIVE_SIZE, y0 / NATIVE_SIZE, x1 / NATIVE_SIZE, y1 / NATIVE_SIZE)
-            color = COLORS[ci] if ci < len(COLORS) else "other"
-            dets.append(Detection(color, _shape_of(mask), _size_of(side), box, area))
-    dets.sort(key=lambda d: (d.box[1], d.box[0]))
-    return dets
+            sizes = ndimage.sum_labels(np.ones_like(lab), lab, range(1, n + 1))
+            keep = [i + 1 for i, a in enumerate(sizes) if a >= SPLIT_MIN_AREA]
+            if len(keep) >= 2:
+                parts = []
+                for i in keep:
+                    part = np.zeros(alpha.shape, dtype=bool)
+                    part[sl] = lab == i
+                    parts.append(part)
+                break
+        cores += [(ci, p) for p in parts]
+    return cores
+
+
+def detect_v2(image: Image.Image | np.ndarray) -> list[Detection]:
+    """v2: components as in v1, split where blur has joined touching objects; each object's soft coverage
+    (core plus rim, rim pixels given to the nearest core) is fitted to the blurred templates; shape, size and
+    box come from the fitted template."""
+    comps, unmixed = _components(_to_array(image))
+    if not comps:
+        return []
+    cores = _cores(comps, unmixed[1])
+    ids = np.zeros(unmixed[1].shape, dtype=np.int32)
+    for j, (_, core) in enumerate(cores, 1):
+        ids[core] = j
+    dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
+    owner = np.where(dist <= RIM, ids[iy, ix], 0)
+    dets = []
+    for j, (ci, core) in enumerate(cores, 1):
+        rows, cols = np.flatnonzero(core.any(1)), np.flatnonzero(core.any(0))
+        y0, x0 = max(rows[0] - RIM, 0), max(cols[0] - RIM, 0)
+        y1, x1 = min(rows[-1] + 1 + RIM, NATIVE_SIZE), min(cols[-1] + 1 + RIM, NATIVE_SIZE)
+        w, valid = _soft(j, ci, (slice(y0, y1), slice(x0, x1)), owner, ids, unmixed)
+        shape, cx, cy, r, misfit = _fit(w, valid, int(x0), int(y0))
+        if misfit > MAX_MISFIT:
+            shape = "unknown"
+        box = ((cx - r) / NATIVE_SIZE, (cy - r) / NATIVE_SIZE, (cx + r) / NATIVE_SIZE, (cy + r) / NATIVE_SIZE)
+        color = COLORS[ci] if ci < len(COLORS) else "other"
+        dets.append(Detection(color, shape, _size_of(2 * r / NATIVE_SIZE), box, round(float(w.sum()))))
+    return _sorted(dets)
+
+
+SCORERS: dict[str, Callable[[Image.Image | np.ndarray], list[Detection]]] = {"v1": detect_v1, "v2": detect_v2}
+DEFAULT_SCORER = "v2"
+
+
+def version(scorer: str = DEFAULT_SCORER) -> str:
+    """The name a result records: `shapesbench-v2`; an unknown scorer is a one-line error."""
+    if scorer not in SCORERS:
+        raise UserError(f"unknown ShapesBench scorer {scorer!r}; use one of {', '.join(SCORERS)} "
+                        f"(v1 reproduces figures recorded before v2)")
+    return f"shapesbench-{scorer}"
+
+
+def detect(image: Image.Image | np.ndarray, scorer: str = DEFAULT_SCORER) -> list[Detection]:
+    """Every object in an image (resized to 64x64 first), ordered top-left to bottom-right."""
+    version(scorer)
+    return SCORERS[scorer](image)
 
 
 # ----------------------------------------------------------------------------------------------- judge
@@ -177,12 +344,12 @@ def judge(spec: PromptSpec, dets: list[Detection]) -> tuple[bool, str]:
     return False, f"objects right but not {spec.relation} (found {' and '.join(sorted(held)) or 'no clear relation'}): {found}"
 
 
-def score_image(image: Image.Image | np.ndarray, prompt: str) -> tuple[bool, str]:
-    return judge(parse_prompt(prompt), detect(image))
+def score_image(image: Image.Image | np.ndarray, prompt: str, scorer: str = DEFAULT_SCORER) -> tuple[bool, str]:
+    return judge(parse_prompt(prompt), detect(image, scorer))
 
 
 # ----------------------------------------------------------------------------------------------- score
-def summarize(records: Iterable[tuple[str, bool]]) -> dict:
+def summarize(records: Iterable[tuple[str, bool]], scorer: str = DEFAULT_SCORER) -> dict:
     """Per-kind accuracy over non-novel prompts, their unweighted mean (`overall`), and `novel` apart."""
     tally: dict[str, list[int]] = {k: [0, 0] for k in (*KINDS, "novel")}
     for prompt, ok in records:
@@ -193,7 +360,7 @@ def summarize(records: Iterable[tuple[str, bool]]) -> dict:
     kinds = {k: (c / n if n else None) for k, (c, n) in tally.items()}
     scored = [v for k, v in kinds.items() if k != "novel" and v is not None]
     return {
-        "version": VERSION,
+        "version": version(scorer),
         "overall": sum(scored) / len(scored) if scored else None,
         "kinds": {k: v for k, v in kinds.items() if k != "novel"},
         "novel": kinds["novel"],
@@ -225,10 +392,13 @@ def read_index(directory: str | Path) -> list[dict]:
     return rows
 
 
-def score_dir(directory: str | Path, write: bool = True, progress: bool = True) -> dict:
-    """Score a generated-images folder; writes DIR/shapesbench.json (summary plus one row per image)."""
+def score_dir(directory: str | Path, write: bool = True, progress: bool = True,
+              scorer: str = DEFAULT_SCORER) -> dict:
+    """Score a generated-images folder; writes DIR/shapesbench.json (summary plus one row per image), or
+    DIR/shapesbench-v1.json under another scorer than the default, so an old figure never overwrites a new."""
     from tqdm import tqdm
 
+    version(scorer)
     directory = Path(directory)
     rows = read_index(directory)
     for row in rows:  # validate every prompt and file before spending time on any image
@@ -241,13 +411,13 @@ def score_dir(directory: str | Path, write: bool = True, progress: bool = True) 
         try:
             with Image.open(path) as im:
                 im.load()
-                ok, why = score_image(im, row["prompt"])
+                ok, why = score_image(im, row["prompt"], scorer)
         except (OSError, SyntaxError, ValueError) as e:
             raise UserError(f"cannot decode {path}: {e}; regenerate it or drop it from index.jsonl") from None
         per_image.append({**row, "ok": ok, "reason": why})
-    result = summarize((r["prompt"], r["ok"]) for r in per_image)
+    result = summarize(((r["prompt"], r["ok"]) for r in per_image), scorer)
     if write:
-        out = directory / "shapesbench.json"
+        out = directory / ("shapesbench.json" if scorer == DEFAULT_SCORER else f"{version(scorer)}.json")
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({**result, "images": per_image}, indent=1))
         tmp.replace(out)
@@ -273,16 +443,26 @@ def spread_prompts(n: int | None = None) -> list[str]:
     return prompts[:: max(len(prompts) // max(n, 1), 1)][:n]
 
 
-def quick_score(pipe: Callable[..., list[Image.Image]], n: int = 100, seed: int = 0) -> dict[str, float]:
+def quick_score(pipe: Callable[..., list[Image.Image]], n: int = 100, seed: int = 0,
+                scorer: str = DEFAULT_SCORER) -> dict[str, float]:
     """ShapesBench on `n` prompts spread over every kind, in memory: the training-time quality probe."""
     prompts = spread_prompts(n)
     images = pipe(prompts, seed=seed)
-    res = summarize((p, score_image(im, p)[0]) for p, im in zip(prompts, images, strict=True))
+    res = summarize(((p, score_image(im, p, scorer)[0]) for p, im in zip(prompts, images, strict=True)), scorer)
     out = {"shapesbench": res["overall"] or 0.0}
     out.update({k: v for k, v in res["kinds"].items() if v is not None})
     if res["novel"] is not None:
         out["novel"] = res["novel"]
     return out
+
+
+def soften(image: Image.Image | np.ndarray, sigma: float, rng: np.random.Generator, noise: float = 8.0) -> np.ndarray:
+    """An exact render made to look like a generator's output: a Gaussian blur of `sigma` px per channel and
+    pixel noise of std `noise`. The scorer's tests and benchmark hold it to these images (uint8 RGB)."""
+    a = np.asarray(image, dtype=np.float32)
+    if sigma > 0:
+        a = ndimage.gaussian_filter(a, sigma=(sigma, sigma, 0))
+    return np.clip(np.rint(a + rng.normal(0.0, noise, a.shape)), 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------- write
