@@ -44,13 +44,13 @@ def main() -> None:
         subprocess.run(cmd, check=True)
 
     import t2i
-    from t2i.families.clip import CLIP, Pipeline, minimal_pairs, zero_shot_retrieval
+    from t2i.families.clip import CLIP, Scorer, minimal_pairs, zero_shot_retrieval
     from t2i.train.run import read_meta
 
     meta = read_meta(run)
     pipe = t2i.load(run)
     torch.manual_seed(0)
-    control = Pipeline(pipe.cfg, pipe.tokenizer, CLIP(pipe.cfg, pipe.tokenizer.vocab_size))
+    control = Scorer(pipe.cfg, pipe.tokenizer, CLIP(pipe.cfg, pipe.tokenizer.vocab_size))
     results = [("held-out, train split", zero_shot_retrieval(pipe, groups=args.groups)),
                ("held-out, novel split (hold-out colour/shape pairs)",
                 zero_shot_retrieval(pipe, groups=max(args.groups // 2, 1), split="novel")),

@@ -45,8 +45,8 @@ def training_flops(run: Path, steps: int = 6, overrides: list[str] | None = None
     from t2i.config import load_yaml, override
     from t2i.data.tokenizer import Tokenizer
     from t2i.families.ldm import Config, DiffusionStage
+    from t2i.runtime import autocast
     from t2i.train.data import batches
-    from t2i.train.dist import autocast
     from t2i.train.run import load_part, read_meta
     from t2i.train.trainer import TrainConfig, Trainer
 

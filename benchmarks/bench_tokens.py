@@ -65,7 +65,7 @@ def cache_speedup(run: Path, batch: int = 16, reps: int = 2) -> dict[str, float]
     torch.set_num_threads(1)
     pipe = t2i.load(run)
     o = pipe.options(candidates=1)
-    opts = DecodeOptions(o["temperature"], o["top_k"], o["top_p"], o["guidance"])
+    opts = DecodeOptions(o.temperature, o.top_k, o.top_p, o.guidance)
     dev = pipe.device
     ids, mask = (t.to(dev) for t in pipe.tokenizer.encode(["a red circle left of a blue square"] * batch,
                                                            pipe.cfg.text.max_len))
@@ -149,7 +149,7 @@ def main() -> None:
         rows.append(row(f, res, sec, params, f"{speeds[f]:.1f}"))
         n = t2i.load(run).cfg.sample.candidates
         if n > 1 and clip_min is not None:
-            rr = evaluate(run, progress=False, out_name="reranked", clip=str(clip_run))
+            rr = evaluate(run, progress=False, out_name="reranked", rerank=str(clip_run))
             rows.append(row(f"{f}, best of {n} by CLIP", rr, sec, params, f"{rr['sampling']['images_per_s']:.1f} "
                             f"(prompts/s: {n} candidates + CLIP)", clip_min))
             c = rr["candidates"]

@@ -19,6 +19,7 @@ else may run meanwhile (the minutes column is wall-clock on both cores).
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,14 +34,14 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
     from t2i.config import load_yaml, override
     from t2i.data.tokenizer import Tokenizer
     from t2i.families import get_family
-    from t2i.tokens.family import TokenStage
+    from t2i.families.tokens import TokenStage
+    from t2i.runtime import autocast
     from t2i.train.data import DataConfig, encode_cache
-    from t2i.train.dist import autocast
     from t2i.train.run import load_part, read_meta
     from t2i.train.trainer import adamw, lr_at
 
     family = get_family(read_meta(run)["family"])
-    base = load_yaml(family.Config, run / "config.yaml")
+    base = load_yaml(family.config, run / "config.yaml")
     tokenizer = Tokenizer.load(run / "tokenizer.json")
     vq = load_part(VQTokenizer(base.vq), run, "vq").eval()
     max_len = base.text.max_len
@@ -56,7 +57,8 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
     for variant in variants:
         cfg = override(base, [v for v in variant.split(",") if v])
         torch.manual_seed(0)
-        stage = TokenStage(family.Pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, max_len, cfg.net.cond_drop)
+        pipeline = importlib.import_module(f"t2i.families.{family.name}").Pipeline
+        stage = TokenStage(pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, max_len, cfg.net.cond_drop)
         tc = replace(cfg.train, lr_schedule="constant")  # after the warm-up: no decay to confound the comparison
         opt = adamw(stage, tc, cpu)
         gen = torch.Generator().manual_seed(0)
@@ -84,7 +86,7 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
 
 @torch.no_grad()
 def held_out_loss(stage: torch.nn.Module, held: dict[str, torch.Tensor]) -> float:
-    from t2i.train.dist import autocast
+    from t2i.runtime import autocast
 
     stage.eval()
     drop, stage.cond_drop = stage.cond_drop, 0.0

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import t2i
-from t2i.api import train
+from t2i.api import load_generator, train
 from t2i.errors import UserError
 from t2i.eval.clipscore import clip_s_hessel, clip_score_100, clip_scores
 from t2i.families.clip import edit_name, minimal_pairs, retrieval_pool, zero_shot_retrieval
+from t2i.images import images_to_tensor
 from t2i.train.data import DataConfig, batches
-from t2i.train.run import images_to_tensor, read_meta
+from t2i.train.run import read_meta
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_encode_api_gives_unit_vectors_and_agrees_across_input_types(run):
 def test_clip_run_refuses_to_generate_and_bad_inputs(cli, run):
     clip = t2i.load(run)
     with pytest.raises(UserError, match="cannot generate images"):
-        clip(["a red circle"])
+        load_generator(run)
     with pytest.raises(UserError, match="list of prompts"):
         clip.encode_text("a red circle")
     with pytest.raises(UserError, match=r"\(B, 3, H, W\)"):

@@ -1,17 +1,17 @@
 """The DALL-E family end to end at toy size: train, generate, CLIP reranking, CLI options and errors, eval."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import t2i
 from t2i.api import train
 from t2i.errors import UserError
 from t2i.eval.runs import evaluate
-from t2i.tokens.family import TokenPipeline
+from t2i.families.base import Input
 from t2i.train.run import read_meta, write_meta
 
 
@@ -38,28 +38,27 @@ def test_generate_is_seeded_batch_independent_and_cache_exact(run):
     b = pipe(["two blue squares"], seeds=[6], candidates=1)
     assert a[0].size == (64, 64) and a[0].mode == "RGB"
     assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))
-    c = pipe(["a red circle", "two blue squares"], seed=5, candidates=1, use_cache=False)
+    pipe.use_cache = False
+    c = pipe(["a red circle", "two blue squares"], seed=5, candidates=1)
+    pipe.use_cache = True
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c, strict=True))
     assert len(pipe([""], guidance=1.0, top_k=3, top_p=0.9, temperature=0.7, candidates=1)) == 1
 
 
 class FakeClip:
-    """A stand-in for the lab CLIP: image embedding = (mean red, 1), text embedding = (1, 0), so it prefers red."""
+    """A stand-in for a loaded scorer: it prefers the reddest candidate."""
 
-    def encode_image(self, images):
-        return torch.tensor([[np.asarray(im, float)[..., 0].mean(), 1.0] for im in images])
-
-    def encode_text(self, texts):
-        return torch.tensor([[1.0, 0.0]] * len(texts))
+    def best_of(self, prompts, images, n):
+        red = torch.tensor([np.asarray(im, float)[..., 0].mean() for im in images]).reshape(len(prompts), n)
+        return red.argmax(1).tolist()
 
 
 def test_clip_reranking_returns_the_best_candidate(run):
     pipe = t2i.load(str(run))
-    best = pipe(["a red circle"], seed=3, candidates=3, clip=FakeClip())[0]
+    best = pipe(["a red circle"], seed=3, candidates=3, rerank=FakeClip())[0]
     cands = pipe(["a red circle"] * 3, seeds=[3, 4 * 1_000_003 + 1, 4 * 1_000_003 + 2], candidates=1)
     reds = [np.asarray(im, float)[..., 0].mean() for im in cands]
     assert np.array_equal(np.asarray(best), np.asarray(cands[int(np.argmax(reds))]))
-    assert pipe.options(candidates=3, clip=FakeClip())["rerank"] == "FakeClip"
 
 
 def test_draw_keeps_every_candidate_and_pick_reranks_them(run):
@@ -69,7 +68,7 @@ def test_draw_keeps_every_candidate_and_pick_reranks_them(run):
     assert [len(g) for g in groups] == [3, 3]
     first = pipe(prompts, seed=3, candidates=1)
     assert all(np.array_equal(np.asarray(g[0]), np.asarray(f)) for g, f in zip(groups, first, strict=True))
-    best = pipe(prompts, seed=3, candidates=3, clip=FakeClip())
+    best = pipe(prompts, seed=3, candidates=3, rerank=FakeClip())
     picked = pipe.pick(prompts, groups, FakeClip())
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(best, picked, strict=True))
     with pytest.raises(UserError, match="reranking needs a CLIP run"):
@@ -78,14 +77,14 @@ def test_draw_keeps_every_candidate_and_pick_reranks_them(run):
         pipe.pick(prompts, [groups[0], groups[1][:2]], FakeClip())
 
 
-def test_reranking_off_without_clip_says_so(run, capsys):
-    TokenPipeline._rerank_notice_shown = False
+def test_reranking_off_without_clip_says_so(run, caplog):
     pipe = t2i.load(str(run))
     assert pipe.cfg.sample.candidates == 4 and pipe.cfg.sample.clip == ""
-    assert len(pipe(["a red circle"], seed=0)) == 1
-    assert "CLIP reranking is off" in capsys.readouterr().err
+    with caplog.at_level("WARNING"):
+        assert len(pipe(["a red circle"], seed=0)) == 1
+    assert "CLIP reranking is off" in caplog.text
     # what `t2i eval` records: one candidate drawn, no reranker
-    assert pipe.options()["candidates"] == 1 and pipe.options()["rerank"] == ""
+    assert pipe.picking(pipe.options()).candidates == 1 and pipe.options().rerank == ""
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -93,8 +92,10 @@ def test_reranking_off_without_clip_says_so(run, capsys):
     ({"sampler": "ddim"}, "--sampler 'ddim' does not apply to dalle runs"),
     ({"top_k": 0}, "--top-k must be a positive"),
     ({"candidates": 0}, "--candidates must be at least 1"),
-    ({"init_image": object()}, "--init-image (img2img) is not supported"),
-    ({"clip": "/nonexistent-clip"}, "does not exist"),
+    ({"inputs": [Input("img2img", Image.new("RGB", (64, 64)))]}, "task img2img is not supported by dalle runs "
+                                                                 "(families that can: ldm)"),
+    ({"rerank": "/nonexistent-clip"}, "does not exist"),
+    ({"top_q": 0.5}, "--top-q does not apply to dalle runs (it is for no family)"),
 ])
 def test_pipeline_rejects_options_that_do_not_apply(run, kwargs, message):
     pipe = t2i.load(str(run))
@@ -107,26 +108,6 @@ def test_long_prompts_are_truncated_with_a_warning(run, caplog):
     with caplog.at_level("WARNING"):
         assert len(pipe(["a red circle left of a blue square " * 5], candidates=1)) == 1
     assert "truncated" in caplog.text
-
-
-def test_decoding_options_that_a_family_does_not_take_are_errors():
-    from t2i.cli import _decoding_options
-
-    class DiffusionPipe:
-        family = "ldm"
-
-        def __call__(self, prompts, steps=None, guidance=None, seed=0, seeds=None):
-            return []
-
-    args = argparse.Namespace(temperature=None, top_k=5, top_p=None, candidates=None, rerank=None, steps=None,
-                              guidance=None, sampler=None)
-    with pytest.raises(UserError, match="--top-k does not apply to ldm runs"):
-        _decoding_options(args, DiffusionPipe())
-    args.top_k = None
-    assert _decoding_options(args, DiffusionPipe()) == {}
-    args.sampler = "parallel"
-    with pytest.raises(UserError, match="unknown sampler 'parallel'"):
-        _decoding_options(args, DiffusionPipe())
 
 
 def test_cli_generate_and_eval(cli, run, tmp_path):
@@ -183,9 +164,12 @@ def test_tokenizer_reuse_and_its_errors(cli, run, tmp_path):
     assert meta["stages_done"] == ["tokenizer", "vq", "vq_decoder", "transformer"]  # the copied VQ is final
     assert (out / "vq.safetensors").read_bytes() == (run / "vq.safetensors").read_bytes()
     assert "vq_000004.png" not in {p.name for p in (out / "samples").iterdir()}  # no VQ was trained
-    r = cli("train", "--family", "ldm", "--preset", "tiny", "--tokenizer", run, "--out", tmp_path / "x")
-    assert r.returncode == 2 and "--tokenizer RUN applies to a new run of a token family" in r.stderr
-    r = cli("train", "--family", "dalle", "--preset", "tiny", "--tokenizer", tmp_path / "nope", "--out", tmp_path / "y")
+    assert "deprecated" in r.stderr  # --tokenizer still works, as the old name of --image-tokenizer
+    r = cli("train", "--family", "ldm", "--preset", "tiny", "--image-tokenizer", run, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--image-tokenizer does not apply to ldm runs (it is for dalle, parti, maskgit)" \
+        in r.stderr
+    r = cli("train", "--family", "dalle", "--preset", "tiny", "--image-tokenizer", tmp_path / "nope", "--out",
+            tmp_path / "y")
     assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
 
 

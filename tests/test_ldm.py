@@ -8,6 +8,7 @@ import pytest
 import t2i
 from t2i.api import train
 from t2i.errors import UserError
+from t2i.families.base import Input
 from t2i.train.run import read_meta, write_meta
 
 
@@ -43,13 +44,13 @@ def test_generate_is_seeded_and_batch_independent(run):
 
 
 def test_img2img_keeps_the_init_at_low_strength(run):
-    from t2i.train.run import images_to_tensor, tensor_to_images
+    from t2i.images import images_to_tensor, tensor_to_images
 
     pipe = t2i.load(str(run))
     init = pipe(["a red circle"], steps=3, seed=1)[0]
     ae = pipe.autoencoder
     round_trip = tensor_to_images(ae.decode(ae.encode(images_to_tensor([init]).to(pipe.device)).mode()))[0]
-    near = pipe(["a red circle"], steps=10, seed=2, init_image=init, strength=0.1)[0]
+    near = pipe(["a red circle"], steps=10, seed=2, inputs=[Input("img2img", init, strength=0.1)])[0]
     far = pipe(["a red circle"], steps=10, seed=2)[0]
 
     def dist(a, b):
@@ -88,6 +89,17 @@ def test_cli_eval_writes_scores(cli, run):
 def test_cli_generate_bad_options(cli, run, tmp_path, args, message):
     r = cli("generate", run, "a red circle", "--out", tmp_path / "x.png", *args)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_options_of_other_families_are_one_line_errors(run):
+    pipe = t2i.load(str(run))
+    with pytest.raises(UserError, match=r"--top-k does not apply to ldm runs \(it is for dalle, parti, maskgit\)"):
+        pipe.options(top_k=5)
+    with pytest.raises(UserError, match="unknown sampler 'parallel'"):
+        pipe.options(sampler="parallel")
+    with pytest.raises(UserError, match="--guidance must be >= 0 and finite"):
+        pipe.options(guidance=float("nan"))
+    assert pipe.options(steps=3).steps == 3 and pipe.options().sampler == pipe.cfg.sample.sampler
 
 
 def test_bad_run_directories(cli, run, tmp_path):

@@ -30,7 +30,8 @@ def test_parti_generates_with_and_without_cache(parti):
     pipe = t2i.load(str(parti))
     assert pipe.sampler == "autoregressive"
     a = pipe(["a red circle", "three green squares"], seed=2, guidance=2.0, top_k=10)
-    b = pipe(["a red circle", "three green squares"], seed=2, guidance=2.0, top_k=10, use_cache=False)
+    pipe.use_cache = False
+    b = pipe(["a red circle", "three green squares"], seed=2, guidance=2.0, top_k=10)
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
     c = pipe(["three green squares"], seeds=[3], guidance=2.0, top_k=10)
     assert np.array_equal(np.asarray(a[1]), np.asarray(c[0]))  # batch-independent
@@ -47,7 +48,7 @@ def test_parti_encoder_ignores_padding(parti):
 def test_maskgit_shares_the_tokenizer_and_decodes_in_parallel(maskgit, parti):
     assert (maskgit / "vq.safetensors").read_bytes() == (parti / "vq.safetensors").read_bytes()
     pipe = t2i.load(str(maskgit))
-    assert pipe.sampler == "parallel" and pipe.options()["steps"] == 8
+    assert pipe.sampler == "parallel" and pipe.options().steps == 8
     calls = []
     inner = pipe.net.masked_state
     pipe.net.masked_state = lambda cond, tokens: calls.append(1) or inner(cond, tokens)

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from t2i.data.sample import Sample
-from t2i.data.sources import SampleDataset, SkipStats, open_source, preview_grid, write_shards
+from t2i.data.sources import SampleDataset, SkipStats, open_source, write_shards
 from t2i.errors import UserError
+from t2i.images import preview_grid
 
 
 def _colour(i: int) -> tuple[int, int, int]:

@@ -30,7 +30,8 @@ def cmd_data_render(args: argparse.Namespace) -> None:
 
 
 def cmd_data_preview(args: argparse.Namespace) -> None:
-    from t2i.data.sources import SkipStats, open_source, preview_grid
+    from t2i.data.sources import SkipStats, open_source
+    from t2i.images import preview_grid
 
     stats = SkipStats()
     samples = list(open_source(args.source, resolution=args.resolution, n=args.n, seed=args.seed, stats=stats))
@@ -75,17 +76,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if not args.resume and not args.family:
         raise UserError("--family is required for a new run (e.g. --family ldm); --resume reads it from the run")
-    overrides = list(args.set)
-    if args.tokenizer:
-        from t2i.families import get_family
+    uses = {u.name: getattr(args, u.name) for u in _uses() if getattr(args, u.name, None)}
+    if args.tokenizer:  # the old name of --image-tokenizer
+        print("t2i: --tokenizer is deprecated; use --image-tokenizer RUN", file=sys.stderr)
+        uses.setdefault("image_tokenizer", args.tokenizer)
+    out = train(args.family, args.out, preset=args.preset, data=args.data, overrides=list(args.set),
+                resume=args.resume, progress=not args.quiet, uses=uses)
+    from t2i.families import run_family
 
-        if args.resume or not hasattr(get_family(args.family).Config, "tokenizer_run"):
-            raise UserError("--tokenizer RUN applies to a new run of a token family (dalle, parti, maskgit): it "
-                            "reuses that run's trained VQ image tokenizer")
-        overrides.append(f"tokenizer_run={args.tokenizer}")
-    out = train(args.family, args.out, preset=args.preset, data=args.data, overrides=overrides,
-                resume=args.resume, progress=not args.quiet)
-    if args.family == "clip":
+    if run_family(out).kind == "scorer":
         print(f"run complete: {out} (use it: t2i eval GENERATOR_RUN --clip {out})")
     else:
         print(f"run complete: {out} (try: t2i generate {out} \"a red circle\" --out grid.png)")
@@ -101,69 +100,76 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _decoding_options(args: argparse.Namespace, pipe=None) -> dict:
-    """The token-model options the user gave (temperature, top-k, top-p, reranking), checked before any
-    model loads; with the loaded `pipe`, also checked against what its family takes."""
-    from t2i.eval.runs import sampling_options
-    from t2i.tokens.decoding import check_options
+def _option_fields() -> dict[str, object]:
+    """Every sampling option any generator family takes, by name: the CLI's sampling flags."""
+    from dataclasses import fields
 
-    check_options(args.temperature, args.top_k, args.top_p)
-    given = {k: v for k, v in {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                               "candidates": args.candidates, "clip": args.rerank}.items() if v is not None}
-    if pipe is not None:
-        sampling_options(pipe, args.steps, args.guidance, args.sampler, **given)
-    return given
+    from t2i.families import all_families
+
+    out: dict[str, object] = {}
+    for fam in all_families():
+        for f in fields(fam.options) if fam.options else ():
+            out.setdefault(f.name, f)
+    return out
 
 
-def _generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespace, init=None):
-    from t2i.eval.runs import generate_batched
+def _uses() -> list:
+    """Every other-run dependency any family declares (`Family.uses`): the CLI's `--NAME RUN` flags."""
+    from t2i.families import all_families
 
-    return generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, steps=args.steps,
-                            guidance=args.guidance, sampler=args.sampler, init_image=init, strength=args.strength,
-                            **_decoding_options(args, pipe))
+    return list({u.name: u for fam in all_families() for u in fam.uses}.values())
+
+
+def _given_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in _option_fields() if getattr(args, name, None) is not None}
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import t2i
-    from t2i.data.sample import Sample
-    from t2i.data.sources import preview_grid
+    from t2i.api import load_generator, read_requests
+    from t2i.eval.runs import generate_batched
     from t2i.eval.shapesbench import write_images
+    from t2i.families.base import Input
+    from t2i.images import grid
 
-    if (args.prompt is None) == (args.prompts_file is None):
-        raise UserError("give a prompt or --prompts-file (not both)")
+    if sum(x is not None for x in (args.prompt, args.prompts_file, args.inputs)) != 1:
+        raise UserError("give one of: a prompt, --prompts-file FILE, --inputs DIR")
     if args.n < 1 or args.per_prompt < 1:
         raise UserError("-n and --per-prompt must be at least 1")
     init = None
-    if args.init_image:
+    if args.init_image:  # sugar for one img2img request per image drawn
+        if args.inputs:
+            raise UserError("--init-image is for a single prompt; with --inputs give `image` per row")
         from PIL import Image
 
         try:
             with Image.open(args.init_image) as im:
-                init = im.convert("RGB")
+                init = Input("img2img", im.convert("RGB"), strength=args.strength)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read --init-image {args.init_image}: {e}") from None
-    from t2i.diffusion.generate import check_options
-
-    check_options(1 if args.steps is None else args.steps, 1.0 if args.guidance is None else args.guidance,
-                  "ddim", args.strength)  # the sampler name is checked by the run's pipeline (families differ)
-    _decoding_options(args)
-    pipe = t2i.load(args.run)
-    if args.prompts_file:
+    extras: list[dict] | None = None
+    if args.inputs:
+        requests = read_requests(args.inputs)
+        prompts, seeds = [r["prompt"] for r in requests], [r["seed"] for r in requests]
+        inputs, extras = [r["input"] for r in requests], [r["echo"] for r in requests]
+    elif args.prompts_file:
         prompts = [p for p in _read_prompts(args.prompts_file) for _ in range(args.per_prompt)]
-        seeds = [args.seed + i for i in range(len(prompts))]
-        images = _generate(pipe, prompts, seeds, args, init)
-        n = write_images(args.out, zip(images, prompts, seeds, strict=True))
+        seeds, inputs = [args.seed + i for i in range(len(prompts))], [init] * len(prompts)
+    else:
+        prompts = [args.prompt] * args.n
+        seeds, inputs = [args.seed + i for i in range(args.n)], [init] * args.n
+    pipe = load_generator(args.run)
+    options = pipe.options(**_given_options(args))  # every option checked before anything is generated
+    images = generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, options=options, inputs=inputs)
+    if args.prompts_file or args.inputs:
+        n = write_images(args.out, zip(images, prompts, seeds, strict=True), extras)
         print(f"wrote {n} images and index.jsonl to {args.out} (score: t2i bench score {args.out})")
         return
-    prompts = [args.prompt] * args.n
-    images = _generate(pipe, prompts, [args.seed + i for i in range(args.n)], args, init)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.n == 1:
         images[0].save(out)
     else:
-        preview_grid([Sample(im, f"seed {args.seed + i}") for i, im in enumerate(images)],
-                     cols=min(args.n, 8)).save(out)
+        grid(images, [f"seed {s}" for s in seeds], cols=min(args.n, 8)).save(out)
     print(f"wrote {out}")
 
 
@@ -173,17 +179,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
-    options = _decoding_options(args)  # checked against the run's family by `evaluate` before generating
+    options = _given_options(args)  # checked against the run's family by `evaluate` before generating
     if args.name != "shapesbench":  # a named ShapesBench-only folder, as before the report existed
         if args.metrics or args.clip or args.inception:
             raise UserError("--name writes a plain ShapesBench folder; drop it to get the report with --metrics")
-        evaluate(args.run, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
-                 limit=args.n, batch_size=args.batch_size, progress=not args.quiet, out_name=args.name, **options)
+        evaluate(args.run, seed=args.seed, limit=args.n, batch_size=args.batch_size, progress=not args.quiet,
+                 out_name=args.name, **options)
         return
     metrics = parse_metrics(args.metrics, args.clip is not None, args.inception is not None)
     report(args.run, metrics, clip=args.clip, inception=args.inception, fid_features=args.fid_features, n=args.n,
-           steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
-           batch_size=args.batch_size, progress=not args.quiet, **options)
+           seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, **options)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -197,9 +202,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The main job on the embedded dataset: look at the data, train LDM's quick preset, score it."""
     from t2i.api import train
     from t2i.data.shapes import iter_samples
-    from t2i.data.sources import open_source, preview_grid, write_shards
+    from t2i.data.sources import open_source, write_shards
     from t2i.eval.runs import describe_sampling, evaluate
     from t2i.eval.shapesbench import format_table, score_dir, write_groundtruth
+    from t2i.images import preview_grid
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,24 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data source (default: the preset's, usually shapes)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--tokenizer", metavar="RUN", help="token families: reuse the trained VQ image tokenizer (and "
-                   "BPE) of this dalle/parti/maskgit run instead of training one")
+    for use in _uses():
+        t.add_argument("--" + use.name.replace("_", "-"), dest=use.name, metavar="RUN", help=use.help)
+    t.add_argument("--tokenizer", metavar="RUN", help=argparse.SUPPRESS)  # deprecated: --image-tokenizer
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=200 (repeatable)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
+    option_fields = _option_fields()
+
     def sampling(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-        q.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-        q.add_argument("--sampler", help="diffusion: ddpm | ddim | euler | heun | dpmpp-2m | dpmpp-2m-sde; token runs: "
-                       "autoregressive (dalle, parti) | parallel (maskgit)")
-        q.add_argument("--temperature", type=float, help="token runs: sampling temperature (> 0)")
-        q.add_argument("--top-k", type=int, help="token runs: sample among the k most likely codes")
-        q.add_argument("--top-p", type=float, help="token runs: nucleus sampling, p in (0, 1]")
-        q.add_argument("--candidates", type=int, help="token runs: images drawn per prompt for CLIP reranking")
-        q.add_argument("--rerank", metavar="CLIP_RUN", help="token runs: rerank the candidates with this lab "
-                       "CLIP run (t2i train --family clip)")
+        for name, f in option_fields.items():  # every family's options; the run's pipeline checks them
+            meta = f.metadata
+            q.add_argument(meta.get("flag") or "--" + name.replace("_", "-"), dest=name, type=meta.get("type"),
+                           metavar=meta.get("metavar"), help=meta.get("help"))
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("-q", "--quiet", action="store_true")
@@ -306,8 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?")
     g.add_argument("-n", type=int, default=1, help="images for the prompt (a grid when > 1)")
     g.add_argument("--prompts-file", help="one prompt per line; writes a ShapesBench folder to --out")
+    g.add_argument("--inputs", metavar="DIR", help="DIR/index.jsonl: one request per line ({prompt, seed, task, "
+                   "image, mask, strength}); writes a ShapesBench folder to --out, each row's fields echoed")
     g.add_argument("--per-prompt", type=int, default=1)
-    g.add_argument("--init-image", help="img2img: start from this image")
+    g.add_argument("--init-image", help="img2img: start from this image (for the families whose tasks have it)")
     g.add_argument("--strength", type=float, default=0.6, help="img2img: fraction of the noise schedule to run")
     g.add_argument("--out", required=True)
     sampling(g)

@@ -276,7 +276,7 @@ class ReconstructionPipe:
     def __call__(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None,
                  **_: object) -> list[Image.Image]:
         from t2i.data.shapes import render_prompt
-        from t2i.train.run import images_to_tensor, tensor_to_images
+        from t2i.images import images_to_tensor, tensor_to_images
 
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
         out: list[Image.Image] = []

@@ -24,7 +24,7 @@ import random
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice
@@ -34,12 +34,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from braceexpand import braceexpand
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 from webdataset import TarWriter
 
 from t2i.data.sample import Sample
 from t2i.errors import UserError
+from t2i.images import center_square, to_rgb
 
 log = logging.getLogger("t2i.data")
 
@@ -101,33 +102,11 @@ class _Plan:
 # ---------------------------------------------------------------------------------------------- images
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Flatten transparency onto white: logos and PNG cut-outs turn into black blobs with a plain convert."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def center_square(im: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to `size` and centre-crop: squashing would distort the shapes the captions
-    describe. Cropping first (not `resize(box=...)`) keeps the filter from pulling in colour from outside."""
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = im.crop((left, top, left + side, top + side))
-    return square.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
 def _decode(data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return _to_rgb(im)
+            return to_rgb(im)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
         raise _Skip("bad_image") from e
 
@@ -366,7 +345,7 @@ def _load(records: Iterable[_Record], resolution: int, stats: SkipStats) -> Iter
         except _Skip as e:
             stats.skip(e.reason, record.key)
             continue
-        sample.image = center_square(_to_rgb(sample.image), resolution)
+        sample.image = center_square(to_rgb(sample.image), resolution)
         yield sample
 
 
@@ -520,7 +499,7 @@ def write_shards(
             with part.open("wb") as stream, TarWriter(stream, encoder=False, mtime=0.0) as writer:
                 for i, sample in chain([first], islice(numbered, shard_size - 1)):
                     buf = io.BytesIO()
-                    _to_rgb(sample.image).save(buf, format=pil_format)
+                    to_rgb(sample.image).save(buf, format=pil_format)
                     record = {
                         "__key__": f"{i:0{width}d}",
                         ext: buf.getvalue(),
@@ -538,61 +517,3 @@ def write_shards(
     if stale:
         log.warning("%s: %d stale .tar files (e.g. %s) will be read with it", out, len(stale), stale[0].name)
     return shards
-
-
-# ---------------------------------------------------------------------------------------------- preview
-
-
-def _fit_prefix(text: str, font: Any, width: int) -> int:
-    cut = 1
-    while cut < len(text) and font.getlength(text[: cut + 1]) <= width:
-        cut += 1
-    return cut
-
-
-def _wrap(text: str, font: Any, width: int, max_lines: int) -> list[str]:
-    lines: list[str] = []
-    line = ""
-    for word in text.split():
-        candidate = f"{line} {word}" if line else word
-        if font.getlength(candidate) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        line = word
-        while font.getlength(line) > width:  # a word wider than the cell: break it
-            cut = _fit_prefix(line, font, width)
-            lines.append(line[:cut])
-            line = line[cut:]
-    if line:
-        lines.append(line)
-    if len(lines) > max_lines:
-        last = lines[max_lines - 1]
-        while last and font.getlength(last + "...") > width:
-            last = last[:-1]
-        lines = [*lines[: max_lines - 1], last + "..."]
-    return lines
-
-
-def preview_grid(samples: Sequence[Sample], cols: int = 8, cell: int = 128) -> Image.Image:
-    """A contact sheet of images with their captions, to eyeball whether captions match pictures before
-    spending hours training on them."""
-    if not samples:
-        raise UserError("nothing to preview: the source yielded no samples")
-    font = ImageFont.load_default()
-    line_h, max_lines, pad = font.getbbox("Ag")[3] + 2, 3, 4
-    cols = max(1, min(cols, len(samples)))
-    rows = -(-len(samples) // cols)
-    cell_h = cell + 2 + max_lines * line_h
-    grid = Image.new("RGB", (pad + cols * (cell + pad), pad + rows * (cell_h + pad)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, sample in enumerate(samples):
-        x, y = pad + (i % cols) * (cell + pad), pad + (i // cols) * (cell_h + pad)
-        im = _to_rgb(sample.image)
-        if im.width == im.height and cell % im.width == 0:  # small renders stay crisp instead of blurred
-            im = im.resize((cell, cell), Image.Resampling.NEAREST)
-        grid.paste(center_square(im, cell), (x, y))
-        for j, text in enumerate(_wrap(sample.caption, font, cell, max_lines)):
-            draw.text((x, y + cell + 2 + j * line_h), text, fill="black", font=font)
-    return grid

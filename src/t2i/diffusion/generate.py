@@ -6,6 +6,7 @@ the conditional / unconditional keyword arguments; this turns them into images (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from t2i.diffusion.objectives import Denoiser
 from t2i.diffusion.samplers import get_sampler
 from t2i.diffusion.schedules import Schedule, schedule_sigmas
 from t2i.errors import UserError
-from t2i.train.dist import autocast
+from t2i.runtime import autocast
 
 
 @dataclass
@@ -34,13 +35,15 @@ class SampleConfig:
     threshold: float | None = None  # dynamic thresholding percentile (pixel-space models)
     precision: str = "auto"  # the network runs under bf16 autocast where the hardware has it (2x on CPU);
     # the sampler's own arithmetic stays fp32
+    candidates: int = 1  # images drawn per prompt, the best kept by the `rerank` CLIP run
+    rerank: str = ""  # a lab CLIP run directory for reranking; empty = reranking off
 
 
 def check_options(steps: int, guidance: float, sampler: str, strength: float = 1.0) -> None:
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
-    if guidance < 0:
-        raise UserError(f"--guidance must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be >= 0 and finite (1 = no guidance, 0 = unconditional), got {guidance}")
     if not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
     get_sampler(sampler)

@@ -135,7 +135,7 @@ def images_to_batch(images: Sequence[Image.Image] | Tensor, size: int, antialias
     Every image is resized the same way (bilinear; antialiased unless `antialias=False`, which is
     pytorch-fid's plain `F.interpolate` for the Inception input). Images of mixed sizes are accepted but
     said so: FID is sensitive to resampling, and a mixed set usually means two sources got mixed up."""
-    from t2i.train.run import images_to_tensor
+    from t2i.images import images_to_tensor
 
     if isinstance(images, Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
@@ -405,9 +405,9 @@ class InceptionFeatures:
     antialias = False  # pytorch-fid resizes with plain bilinear interpolation
 
     def __init__(self, weights: str | Path | None, device: torch.device | None = None):
-        from t2i.train import dist
+        from t2i import runtime
 
-        self.device = device or dist.device()
+        self.device = device or runtime.device()
         model = FIDInceptionV3()
         if weights is not None:
             load_inception_weights(model, weights)

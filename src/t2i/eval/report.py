@@ -79,14 +79,14 @@ def _load_folder(folder: Path) -> tuple[list[Image.Image], list[str], list[int]]
 
 def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path | None = None,
            inception: str | Path | None = None, fid_features: str | None = None, n: int | None = None,
-           steps: int | None = None, guidance: float | None = None, sampler: str | None = None, seed: int = 0,
-           batch_size: int = 64, progress: bool = True, cache: Path | None = None, **options: Any) -> dict[str, Any]:
+           seed: int = 0, batch_size: int = 64, progress: bool = True, cache: Path | None = None,
+           **options: Any) -> dict[str, Any]:
     """Generate the ShapesBench prompts with `run`, measure them, and write RUN/eval/report.{json,md} + PNGs.
 
-    `options` are family-specific sampling options (top_k, temperature, clip for reranking, ...) that go to
-    the run's pipeline unchanged, as in `evaluate`."""
-    import t2i
+    `options` are sampling options by name (steps, guidance, top_k, rerank, ...), checked by the run's
+    pipeline as in `evaluate`."""
     from t2i.eval.runs import evaluate
+    from t2i.families import load_run, run_family
     from t2i.train.run import read_meta
 
     run = Path(run)
@@ -95,9 +95,9 @@ def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path |
     meta = read_meta(run)
     clip_pipe = None
     if clip is not None and ("clip" in metrics or choice == "clip"):
-        clip_pipe = t2i.load(clip)  # fail on a bad CLIP run before spending minutes generating
-        if getattr(clip_pipe, "family", None) != "clip":
-            raise UserError(f"--clip {clip} is a {getattr(clip_pipe, 'family', '?')!r} run, not a CLIP run")
+        if run_family(clip).kind != "scorer":  # fail on a bad CLIP run before spending minutes generating
+            raise UserError(f"--clip {clip} is a {run_family(clip).name!r} run, not a CLIP run")
+        clip_pipe = load_run(clip)
     extractor = None
     if choice == "inception":
         from t2i.eval.fid import InceptionFeatures
@@ -108,8 +108,8 @@ def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path |
 
         extractor = ClipFeatures(clip_pipe, clip)
 
-    sb = evaluate(run, steps=steps, guidance=guidance, sampler=sampler, seed=seed, limit=n,
-                  batch_size=batch_size, progress=progress, out_name="shapesbench", **options)
+    sb = evaluate(run, seed=seed, limit=n, batch_size=batch_size, progress=progress, out_name="shapesbench",
+                  **options)
     images, prompts, seeds = _load_folder(run / "eval" / "shapesbench")
     kinds = [_kind_of(p) for p in prompts]
     out: dict[str, Any] = {"run": str(run), "family": meta.get("family"), "metrics": metrics,
@@ -185,7 +185,7 @@ def _figures(folder: Path, images: list[Image.Image], prompts: list[str], kinds:
     import matplotlib.pyplot as plt
 
     from t2i.data.sample import Sample
-    from t2i.data.sources import preview_grid
+    from t2i.images import preview_grid
 
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}

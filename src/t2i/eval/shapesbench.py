@@ -466,8 +466,10 @@ def soften(image: Image.Image | np.ndarray, sigma: float, rng: np.random.Generat
 
 
 # ------------------------------------------------------------------------------------------- write
-def write_images(directory: str | Path, items: Iterable[tuple[Image.Image, str, int]]) -> int:
-    """Write (image, prompt, seed) triples as the generated-images contract every family produces.
+def write_images(directory: str | Path, items: Iterable[tuple[Image.Image, str, int]],
+                 extras: list[dict] | None = None) -> int:
+    """Write (image, prompt, seed) triples as the generated-images contract every family produces; `extras`
+    (one dict per image) adds fields to each row, e.g. the request fields `--inputs` echoes.
 
     PNGs go first and index.jsonl last, through a temporary name: an interrupted run leaves no index, so
     it can never be scored as if it were complete.
@@ -478,7 +480,7 @@ def write_images(directory: str | Path, items: Iterable[tuple[Image.Image, str, 
     for i, (image, prompt, seed) in enumerate(items):
         name = f"{i:05d}.png"
         image.save(directory / name)
-        rows.append({"file": name, "prompt": prompt, "seed": seed})
+        rows.append({**(extras[i] if extras else {}), "file": name, "prompt": prompt, "seed": seed})
     tmp = directory / "index.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(directory / "index.jsonl")

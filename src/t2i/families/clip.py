@@ -34,14 +34,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from t2i import runtime
 from t2i.data.sources import is_shapes
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
+from t2i.families import base
+from t2i.images import images_to_tensor
 from t2i.nn.blocks import group_norm
 from t2i.nn.transformer import TextEncoder
-from t2i.train import dist
 from t2i.train.data import DataConfig, batches
-from t2i.train.run import images_to_tensor, load_part, require_complete
+from t2i.train.run import load_part, require_complete
 from t2i.train.stages import Stages, TextConfig, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
@@ -164,7 +166,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
     if stages.todo("clip"):
         stage = CLIPStage(cfg, tokenizer.vocab_size)
-        per_rank = cfg.train.batch_size // dist.world_size()
+        per_rank = cfg.train.batch_size // runtime.world_size()
 
         def data(start: int) -> Iterator[dict[str, Any]]:
             return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len, counterfactuals=cfg.counterfactuals)
@@ -172,7 +174,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
         def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
             if not is_shapes(cfg.data.source):
                 return {}
-            pipe = Pipeline(cfg, tokenizer, model.clip)
+            pipe = Scorer(cfg, tokenizer, model.clip)
             return {"retrieval_top1": zero_shot_retrieval(pipe, groups=2)["top1"],
                     "minimal_pairs": minimal_pairs(pipe, n=200)["text"]}
 
@@ -185,7 +187,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 ImageInput = list[Image.Image] | Tensor
 
 
-class Pipeline:
+class Scorer:
     """A trained CLIP: `encode_image`, `encode_text`, `similarity`. It scores images; it does not make them.
 
     Embeddings are float32, L2-normalised, on `self.device`, so `a @ b.T` is cosine similarity.
@@ -195,21 +197,17 @@ class Pipeline:
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, model: CLIP, device: torch.device | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.device = device or dist.device()
+        self.device = device or runtime.device()
         self.model = model.to(self.device).eval()
         self.resolution = cfg.data.resolution
         self.embed_dim = cfg.embed_dim
 
     @classmethod
-    def load(cls, run: str | Path, cfg: Config) -> Pipeline:
+    def load(cls, run: str | Path, cfg: Config) -> Scorer:
         run = Path(run)
         require_complete(run, NAME, STAGES)
         tokenizer = Tokenizer.load(run / "tokenizer.json")
         return cls(cfg, tokenizer, load_part(CLIP(cfg, tokenizer.vocab_size), run, "clip"))
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise UserError("this is a CLIP run: it scores image-text pairs and cannot generate images; use "
-                        "encode_image / encode_text / similarity, or pass it as --clip to `t2i eval`")
 
     def to_tensor(self, images: ImageInput) -> Tensor:
         """PIL images or (B, 3, H, W) floats in [-1, 1] -> (B, 3, R, R) at the model's resolution.
@@ -257,6 +255,13 @@ class Pipeline:
             out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)))
         return torch.cat(out)
 
+    @torch.no_grad()
+    def best_of(self, prompts: list[str], images: list[Image.Image], n: int) -> list[int]:
+        """For each prompt, which of its `n` consecutive candidate images this CLIP rates closest to it."""
+        img = self.encode_image(images).float().cpu()
+        txt = self.encode_text(prompts).float().cpu()
+        return (img.reshape(len(prompts), n, -1) * txt[:, None]).sum(-1).argmax(dim=1).tolist()
+
     def similarity(self, images: ImageInput, prompts: list[str]) -> Tensor:
         """(N_images, N_prompts) cosine similarities: rows rank prompts for an image, columns images for a prompt."""
         return self.encode_image(images) @ self.encode_text(prompts).t()
@@ -284,7 +289,7 @@ def retrieval_pool(n: int, seed: int = RETRIEVAL_SEED, split: str = "train", res
     return out
 
 
-def zero_shot_retrieval(pipe: Pipeline, candidates: int = 100, groups: int = 10, seed: int = RETRIEVAL_SEED,
+def zero_shot_retrieval(pipe: Scorer, candidates: int = 100, groups: int = 10, seed: int = RETRIEVAL_SEED,
                         split: str = "train") -> dict[str, Any]:
     """Caption -> image among `candidates` held-out images, `groups` times: top-1 and top-5 accuracy.
 
@@ -328,7 +333,7 @@ def edit_name(before: str, after: str) -> str:
     return "colour" if (a.color, a.color2) != (b.color, b.color2) else "shape"
 
 
-def minimal_pairs(pipe: Pipeline, n: int = 400, seed: int = RETRIEVAL_SEED, split: str = "train") -> dict[str, Any]:
+def minimal_pairs(pipe: Scorer, n: int = 400, seed: int = RETRIEVAL_SEED, split: str = "train") -> dict[str, Any]:
     """Does CLIP see what changed? On `n` held-out scenes and their counterfactuals (one attribute changed,
     `shapes.counterfactual`), with canonical captions:
 
@@ -362,3 +367,7 @@ def minimal_pairs(pipe: Pipeline, n: int = 400, seed: int = RETRIEVAL_SEED, spli
         e[1] += 1
     return {"text": sum(text_ok) / len(real), "image": sum(image_ok) / len(real), "pairs": len(real),
             "edits": {k: hits / total for k, (hits, total) in sorted(per.items())}}
+
+
+FAMILY = base.Family(NAME, "scorer", Config, tuple(STAGES), train, Scorer.load,
+                     summary="the lab's CLIP: CLIP score, FID features, reranking")

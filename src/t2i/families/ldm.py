@@ -20,24 +20,21 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from t2i import runtime
 from t2i.codecs.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
-from t2i.diffusion.generate import SampleConfig, denoise
+from t2i.diffusion.generate import SampleConfig, check_options, denoise
 from t2i.errors import UserError
+from t2i.families import base
+from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.nn.dit import DiT, DiTConfig
 from t2i.nn.transformer import TextEncoder
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.train import dist
+from t2i.runtime import autocast
 from t2i.train.data import DataConfig, batches, generator_data
-from t2i.train.dist import autocast
-from t2i.train.run import (
-    images_to_tensor,
-    load_part,
-    require_complete,
-    tensor_to_images,
-)
-from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, grid, take, tokenizer_stage
+from t2i.train.run import load_part, require_complete
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 NAME = "ldm"
@@ -156,7 +153,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
 
         Trainer("autoencoder", stage, cfg.ae_train, run, {"autoencoder": "autoencoder"},
-                lambda start: batches(cfg.data, cfg.ae_train.batch_size // dist.world_size(), start),
+                lambda start: batches(cfg.data, cfg.ae_train.batch_size // runtime.world_size(), start),
                 recon, progress).fit()
         ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
         stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, cfg.data))
@@ -174,7 +171,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
             return quick_score(Pipeline(cfg, tokenizer, ae, model.net, scale))
 
-        data = generator_data(cfg.data, cfg.train.batch_size // dist.world_size(), tokenizer, cfg.text.max_len,
+        data = generator_data(cfg.data, cfg.train.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
                               lambda x: ae.encode(x).mode(), progress)
         Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"}, data, preview, progress,
                 evaluate=quick_eval).fit()
@@ -191,15 +188,17 @@ def measure_latent_scale(ae: AutoencoderKL, data: DataConfig, n: int = 512) -> f
 
 
 # ------------------------------------------------------------------------------------------ generate
-class Pipeline:
-    """Text -> images with a trained run: `pipe(["a red circle"], steps=20, guidance=4, seed=0)`."""
+class Pipeline(base.Pipeline):
+    """Text -> images with a trained run: `pipe(["a red circle"], steps=20, guidance=4, seed=0)`; img2img
+    with `inputs=[Input("img2img", image, strength=0.6)]`."""
 
     family = NAME
+    tasks = ("img2img",)
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: AutoencoderKL, net: Denoiser,
                  scale: float, device: torch.device | None = None):
         self.cfg, self.tokenizer, self.scale = cfg, tokenizer, scale
-        self.device = device or dist.device()
+        self.device = device or runtime.device()
         self.autoencoder, self.net = autoencoder.to(self.device), net.to(self.device)
         self.schedule = Schedule.from_name(cfg.diffusion.schedule)
 
@@ -212,30 +211,44 @@ class Pipeline:
         net = load_part(Denoiser(cfg, tokenizer.vocab_size), run, "denoiser")
         return cls(cfg, tokenizer, ae, net, meta["latent_scale"])
 
+    def defaults(self) -> dict[str, Any]:
+        sc = self.cfg.sample
+        return {"steps": sc.steps, "guidance": sc.guidance, "sampler": sc.sampler, "candidates": sc.candidates,
+                "rerank": sc.rerank}
+
+    def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
+        check_options(options.steps, options.guidance, options.sampler)
+        return options
+
     @torch.no_grad()
-    def __call__(self, prompts: list[str], steps: int | None = None, guidance: float | None = None,
-                 seed: int = 0, sampler: str | None = None, init_image: Image.Image | None = None,
-                 strength: float = 1.0, seeds: list[int] | None = None, batch_size: int = 64) -> list[Image.Image]:
-        """One image per prompt; image i uses seed `seed + i` (or `seeds[i]`), whatever the batch."""
-        sc = dataclasses.replace(self.cfg.sample, **{k: v for k, v in
-                                 {"steps": steps, "guidance": guidance, "sampler": sampler}.items() if v is not None})
-        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
+    def generate(self, prompts: list[str], seeds: list[int], options: base.Options,
+                 inputs: list[base.Input | None]) -> list[Image.Image]:
+        sc = dataclasses.replace(self.cfg.sample, steps=options.steps, guidance=options.guidance,
+                                 sampler=options.sampler)
         res = self.cfg.data.resolution // self.autoencoder.downsample_factor
         shape = (self.cfg.autoencoder.latent_channels, res, res)
-        init = None
-        if init_image is not None:
-            x = images_to_tensor([init_image.convert("RGB").resize((self.cfg.data.resolution,) * 2)]).to(self.device)
-            init = self.autoencoder.encode(x).mode() * self.scale
         null_ids, null_mask = self.tokenizer.encode([""], self.cfg.text.max_len)
-        out: list[Image.Image] = []
-        for i in range(0, len(prompts), batch_size):
-            chunk, chunk_seeds = prompts[i:i + batch_size], seeds[i:i + batch_size]
-            ids, mask = self.tokenizer.encode(chunk, self.cfg.text.max_len)
+        uncond = {"ids": null_ids.to(self.device), "mask": null_mask.to(self.device)}
+        out: list[Image.Image | None] = [None] * len(prompts)
+        groups: dict[float | None, list[int]] = {}  # one denoising pass per img2img strength
+        for i, inp in enumerate(inputs):
+            groups.setdefault(None if inp is None else inp.strength, []).append(i)
+        for strength, idx in groups.items():
+            ids, mask = self.tokenizer.encode([prompts[i] for i in idx], self.cfg.text.max_len)
             cond = {"ids": ids.to(self.device), "mask": mask.to(self.device)}
-            uncond = {"ids": null_ids.to(self.device), "mask": null_mask.to(self.device)}
-            z = denoise(self.net, self.schedule, self.cfg.diffusion.objective, chunk_seeds, shape, cond, uncond, sc,
-                        init=None if init is None else init.expand(len(chunk), -1, -1, -1), strength=strength,
+            init = None
+            if strength is not None:
+                side = (self.cfg.data.resolution,) * 2
+                x = images_to_tensor([inputs[i].image.convert("RGB").resize(side) for i in idx]).to(self.device)
+                init = self.autoencoder.encode(x).mode() * self.scale
+            z = denoise(self.net, self.schedule, self.cfg.diffusion.objective, [seeds[i] for i in idx], shape,
+                        cond, uncond, sc, init=init, strength=1.0 if strength is None else strength,
                         device=self.device)
             with autocast(self.device, sc.precision):
-                out += tensor_to_images(self.autoencoder.decode(z / self.scale).float())
+                for i, im in zip(idx, tensor_to_images(self.autoencoder.decode(z / self.scale).float()), strict=True):
+                    out[i] = im
         return out
+
+
+FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, base.Options,
+                     tasks=Pipeline.tasks, summary="Latent Diffusion: KL autoencoder + text-conditioned denoiser")

@@ -5,7 +5,7 @@ for it -- a bidirectional transformer that predicts masked codes from the visibl
 autoregressive model only ever learns p(next | previous). The two objectives give different weights for
 the same architecture, so a run is one or the other; making it a family keeps each run self-describing
 (`t2i generate` picks the decoder from the run) and the Parti file free of a second objective. Everything
-else is shared (`t2i.tokens.family`): the same text encoder, VQ tokenizer, stages and pipeline, so Parti
+else is shared (`t2i.families.tokens`): the same text encoder, VQ tokenizer, stages and pipeline, so Parti
 and MaskGIT runs of the same width are the "comparable models" the parallel-vs-AR benchmark compares.
 
 Paper choices followed (Muse's text-conditional variant of MaskGIT): a bidirectional text encoder whose
@@ -29,15 +29,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2i.codecs.vq import VQConfig
+from t2i.families import base
+from t2i.families.tokens import (
+    IMAGE_TOKENIZER,
+    STAGES,
+    SampleConfig,
+    TextConfig,
+    TokenOptions,
+    TokenPipeline,
+    train_stages,
+)
 from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
-from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
 from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
 from t2i.train.data import DataConfig
 from t2i.train.trainer import TrainConfig
 
 NAME = "maskgit"
-__all__ = ["NAME", "STAGES", "Config", "MaskGitTransformer", "Pipeline", "train"]
+__all__ = ["FAMILY", "NAME", "STAGES", "Config", "MaskGitTransformer", "Pipeline", "train"]
 
 
 @dataclass
@@ -60,7 +69,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="parallel", steps=8))
     vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
-    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.tokens.family.DecoderStage)
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.families.tokens.DecoderStage)
     vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
                                                                               ema_decay=0.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
@@ -114,3 +123,7 @@ class Pipeline(TokenPipeline):
 
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     return train_stages(cfg, run, progress, Pipeline)
+
+
+FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, TokenOptions,
+                     uses=(IMAGE_TOKENIZER,), summary="MaskGIT-style parallel decoding of masked image tokens (Muse-like, text-conditioned)")

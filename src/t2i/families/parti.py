@@ -9,7 +9,7 @@ lookup, 64 codes per 64x64 image); classifier-free guidance on logits with capti
 Departures: a shared learned <start-of-image> token instead of a BOS from the code vocabulary, and small
 widths for a CPU budget. The encoder is trained jointly from scratch (no pretrained BERT here).
 
-Stages: tokenizer -> vq -> (vq_decoder) -> transformer (shared with DALL-E and MaskGIT, `t2i.tokens.family`).
+Stages: tokenizer -> vq -> (vq_decoder) -> transformer (shared with DALL-E and MaskGIT, `t2i.families.tokens`).
 """
 
 from __future__ import annotations
@@ -23,16 +23,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2i.codecs.vq import VQConfig
+from t2i.families import base
+from t2i.families.tokens import (
+    IMAGE_TOKENIZER,
+    STAGES,
+    SampleConfig,
+    TextConfig,
+    TokenOptions,
+    TokenPipeline,
+    train_stages,
+)
 from t2i.nn.attention import KVCache
 from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
-from t2i.tokens.family import STAGES, SampleConfig, TextConfig, TokenPipeline, train_stages
 from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
 from t2i.train.data import DataConfig
 from t2i.train.trainer import TrainConfig
 
 NAME = "parti"
-__all__ = ["NAME", "STAGES", "Config", "PartiTransformer", "Pipeline", "train"]
+__all__ = ["FAMILY", "NAME", "STAGES", "Config", "PartiTransformer", "Pipeline", "train"]
 
 
 @dataclass
@@ -55,7 +64,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
-    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.tokens.family.DecoderStage)
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.families.tokens.DecoderStage)
     vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
                                                                               ema_decay=0.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
@@ -120,3 +129,7 @@ class Pipeline(TokenPipeline):
 
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     return train_stages(cfg, run, progress, Pipeline)
+
+
+FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, TokenOptions,
+                     uses=(IMAGE_TOKENIZER,), summary="Parti: a text encoder and an autoregressive image-token decoder")

@@ -1,1 +1,1 @@
-"""Token-model machinery: decoding (autoregressive with a KV cache, parallel MaskGIT) and the shared family parts."""
+"""Token-model process: decoding (autoregressive with a KV cache, parallel MaskGIT) and the patch layout of codes."""

@@ -57,8 +57,8 @@ def check_options(temperature: float | None = None, top_k: int | None = None, to
         raise UserError(f"--top-k must be a positive number of tokens, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1] (1 = no nucleus filtering), got {top_p}")
-    if guidance is not None and guidance < 0:
-        raise UserError(f"--guidance must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance}")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be >= 0 and finite (1 = no guidance, 0 = unconditional), got {guidance}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
 

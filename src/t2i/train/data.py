@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from t2i import runtime
 from t2i.data.shapes import counterfactual
 from t2i.data.sources import is_shapes, open_source
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
-from t2i.train import dist
-from t2i.train.run import images_to_tensor
+from t2i.images import images_to_tensor
 
 log = logging.getLogger("t2i.data")
 
@@ -50,7 +50,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     shapes ground truth brings its minimal pair (`shapes.counterfactual`, seeded by the sample's key so a
     resumed run sees the same ones) after the `batch_size` read ones: up to twice as many rows.
     """
-    rank, world = dist.rank(), dist.world_size()
+    rank, world = runtime.rank(), runtime.world_size()
     spec = cfg.train_spec()
     endless = is_shapes(spec)
     epoch, skip = 0, start
@@ -98,9 +98,9 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
     Encoding runs under bf16 autocast with channels_last inputs where the device supports bf16 (as the
     codecs trained): 2x faster on this CPU (VQ encoder: 1,348 against 662 images/s), which is what makes
     caches large enough not to be memorised affordable."""
-    n = cfg.cache // dist.world_size()
+    n = cfg.cache // runtime.world_size()
     if n < 1:
-        raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {dist.world_size()} ranks")
+        raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {runtime.world_size()} ranks")
     parts: dict[str, list[torch.Tensor]] = {"latent": [], "ids": [], "mask": []}
     src = batches(cfg, min(chunk, n), 0, tokenizer, max_len)
     done = 0  # counted here: a disabled tqdm bar does not count
@@ -108,7 +108,7 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
         while done < n:
             b = next(src)
             x = b["image"]
-            with dist.autocast(x.device):
+            with runtime.autocast(x.device):
                 parts["latent"].append(encode(x.contiguous(memory_format=torch.channels_last)).float())
             parts["ids"].append(b["ids"])
             parts["mask"].append(b["mask"])
@@ -145,5 +145,5 @@ def generator_data(cfg: DataConfig, batch_size: int, tokenizer: Tokenizer, max_l
     """
     if not cfg.cache:
         return lambda start: batches(cfg, batch_size, start, tokenizer, max_len)
-    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and dist.is_main())
+    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and runtime.is_main())
     return lambda start: cached_batches(cache, batch_size, start, cfg.seed)

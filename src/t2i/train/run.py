@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -67,19 +66,3 @@ def load_part(module: nn.Module, run: str | Path, name: str) -> nn.Module:
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
         raise UserError(f"{path} does not match the model in config.yaml ({detail})") from None
     return module.eval().requires_grad_(False)
-
-
-def images_to_tensor(images: list[Any]) -> torch.Tensor:
-    """PIL RGB images -> float (B, 3, H, W) in [-1, 1]."""
-    import numpy as np
-
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def tensor_to_images(x: torch.Tensor) -> list[Any]:
-    """float (B, 3, H, W) in [-1, 1] -> PIL RGB images."""
-    from PIL import Image
-
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a, "RGB") for a in arr]

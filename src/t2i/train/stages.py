@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
+from t2i import runtime
 from t2i.data.tokenizer import Tokenizer
 from t2i.nn.transformer import TextEncoderConfig
-from t2i.train import dist
 from t2i.train.data import DataConfig, captions
 from t2i.train.run import read_meta, write_meta
 
@@ -78,17 +77,17 @@ class Stages:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
         self.meta["stages_done"].append(stage)
         self.meta.update(extra)
-        if dist.is_main():
+        if runtime.is_main():
             write_meta(self.run, self.meta)
-        dist.barrier()
+        runtime.barrier()
 
 
 def tokenizer_stage(stages: Stages, data: DataConfig, n_captions: int, vocab_size: int) -> Tokenizer:
     """The first stage of every text-conditioned family: byte-level BPE trained on the run's captions."""
     if stages.todo("tokenizer"):
-        if dist.is_main():
+        if runtime.is_main():
             Tokenizer.train(captions(data, n_captions), vocab_size).save(stages.run)
-        dist.barrier()
+        runtime.barrier()
         stages.finish("tokenizer")
     return Tokenizer.load(stages.run / "tokenizer.json")
 
@@ -98,11 +97,3 @@ def take(data: DataConfig, n: int) -> list:
     from t2i.data.sources import open_source
 
     return list(open_source(data.source, resolution=data.resolution, seed=data.seed + 10_000, n=n))
-
-
-def grid(images: list[Image.Image], captions_: list[str]) -> Image.Image:
-    """A captioned 8-column grid: what the trainers write into samples/."""
-    from t2i.data.sample import Sample
-    from t2i.data.sources import preview_grid
-
-    return preview_grid([Sample(im, c) for im, c in zip(images, captions_, strict=True)], cols=8)

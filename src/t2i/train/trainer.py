@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from t2i import runtime
 from t2i.errors import UserError
-from t2i.train import dist
 
 
 @dataclass
@@ -92,8 +92,8 @@ class Trainer:
         self.stage, self.cfg, self.dir = stage, cfg, Path(run_dir)
         self.parts, self.data_fn, self.sample_fn, self.progress = parts, data, sample, progress
         self.eval_fn = evaluate
-        self.device = device or dist.device()
-        self.rank, self.world = dist.rank(), dist.world_size()
+        self.device = device or runtime.device()
+        self.rank, self.world = runtime.rank(), runtime.world_size()
         if cfg.batch_size % (self.world * cfg.grad_accum):
             raise UserError(f"batch_size {cfg.batch_size} must divide by world_size x grad_accum = "
                             f"{self.world} x {cfg.grad_accum}")
@@ -213,7 +213,7 @@ class Trainer:
             totals: dict[str, float] = {}
             for _ in range(cfg.grad_accum):
                 batch = self._to_device(next(data))
-                with dist.autocast(self.device, cfg.precision):
+                with runtime.autocast(self.device, cfg.precision):
                     losses = self.ddp(batch, generator=self.gen)
                 loss = losses["loss"].float()
                 if not torch.isfinite(loss):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,27 +33,25 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from t2i import runtime
 from t2i.codecs.autoencoder import reconstruction_loss
 from t2i.codecs.vq import VQTokenizer, codebook_usage
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
+from t2i.families import base
+from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.tokens.decoding import DecodeOptions, check_options, sample_autoregressive, sample_parallel
 from t2i.tokens.patches import from_patches
-from t2i.train import dist
 from t2i.train.data import batches, generator_data
-from t2i.train.run import (
-    images_to_tensor,
-    load_part,
-    read_meta,
-    require_complete,
-    tensor_to_images,
-)
-from t2i.train.stages import PREVIEW_PROMPTS, Stages, grid, take, tokenizer_stage
+from t2i.train.run import load_part, read_meta, require_complete
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, take, tokenizer_stage
 from t2i.train.trainer import Trainer, param_count
 
 STAGES = ["tokenizer", "vq", "transformer"]
 TOKEN_FAMILIES = ("dalle", "parti", "maskgit")
+IMAGE_TOKENIZER = base.Use("image_tokenizer", "tokenizer_run", "reuse the BPE and VQ image tokenizer of this "
+                           "token-family run instead of training them (one tokenizer, comparable codes)")
 
 
 @dataclass
@@ -156,17 +153,17 @@ def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
     if meta.get("family") not in TOKEN_FAMILIES or "vq" not in meta.get("stages_done", []):
         raise UserError(f"--tokenizer {src}: needs a token-family run ({', '.join(TOKEN_FAMILIES)}) whose vq "
                         f"stage is done; it is a {meta.get('family')!r} run with stages {meta.get('stages_done')}")
-    other = load_yaml(get_family(meta["family"]).Config, src / "config.yaml")
+    other = load_yaml(get_family(meta["family"]).config, src / "config.yaml")
     if other.vq_decoder_train.steps > 0 and "vq_decoder" not in meta["stages_done"]:
         raise UserError(f"--tokenizer {src}: its VQ decoder fine-tuning (stage vq_decoder) has not finished; "
                         f"resume that run first (`t2i train --resume --out {src}`)")
-    if dist.is_main():
+    if runtime.is_main():
         shutil.copy(src / "tokenizer.json", run / "tokenizer.json")
         shutil.copy(src / "vq.safetensors", run / "vq.safetensors")
         cfg.vq = other.vq
         cfg.text.vocab_size, cfg.text.tokenizer_captions = other.text.vocab_size, other.text.tokenizer_captions
         save_yaml(cfg, run / "config.yaml")  # the run's config must rebuild the tokenizer it uses
-    dist.barrier()
+    runtime.barrier()
     cfg.vq = other.vq
     return src
 
@@ -196,15 +193,15 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
 
     if stages.todo("vq"):
         Trainer("vq", VQStage(VQTokenizer(cfg.vq)), cfg.vq_train, run, {"vq": "vq"},
-                lambda start: batches(cfg.data, cfg.vq_train.batch_size // dist.world_size(), start),
+                lambda start: batches(cfg.data, cfg.vq_train.batch_size // runtime.world_size(), start),
                 recon, progress).fit()
         stages.finish("vq", **({} if decoder_phase else {"vq": _vq_report(cfg, run)}))
     if decoder_phase and stages.todo("vq_decoder"):
         # Batches from past the VQ stage's samples, so the decoder also sees images the encoder never did.
-        skip = cfg.vq_train.steps * cfg.vq_train.batch_size // dist.world_size()
+        skip = cfg.vq_train.steps * cfg.vq_train.batch_size // runtime.world_size()
         Trainer("vq_decoder", DecoderStage(load_part(VQTokenizer(cfg.vq), run, "vq")), cfg.vq_decoder_train,
                 run, {"vq": "vq"},
-                lambda start: batches(cfg.data, cfg.vq_decoder_train.batch_size // dist.world_size(), skip + start),
+                lambda start: batches(cfg.data, cfg.vq_decoder_train.batch_size // runtime.world_size(), skip + start),
                 recon, progress).fit()
         stages.finish("vq_decoder", vq=_vq_report(cfg, run))
     vq = load_part(VQTokenizer(cfg.vq), run, "vq")
@@ -222,7 +219,7 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
 
             return quick_score(functools.partial(pipeline(cfg, tokenizer, vq, model.net), candidates=1))
 
-        data = generator_data(cfg.data, cfg.train.batch_size // dist.world_size(), tokenizer, cfg.text.max_len,
+        data = generator_data(cfg.data, cfg.train.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
                               lambda x: vq.encode(x).flatten(1), progress)
         Trainer("transformer", stage, cfg.train, run, {"transformer": "net"}, data, preview, progress,
                 evaluate=quick_eval).fit()
@@ -247,25 +244,31 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 # ------------------------------------------------------------------------------------------ generate
-class TokenPipeline:
+@dataclass
+class TokenOptions(base.Options):
+    temperature: float | None = base.option(None, "token runs: sampling temperature (> 0)", float)
+    top_k: int | None = base.option(None, "token runs: sample among the k most likely codes", int)
+    top_p: float | None = base.option(None, "token runs: nucleus sampling, p in (0, 1]", float)
+
+
+class TokenPipeline(base.Pipeline):
     """Text -> images with a trained token run: ``pipe(["a red circle"], guidance=3, top_k=64, seed=0)``.
 
     Subclasses set `family` and `net_class`, a network built as
     ``net_class(cfg.net, text_vocab, text_len, codebook_size, n_tokens, codebook=...)`` (the VQ codebook
-    when `net.code_features` is on). Options left as None take the run's
-    `sample` defaults; options that do not apply to the family are one-line `UserError`s.
+    when `net.code_features` is on). Options left as None take the run's `sample` defaults.
     """
 
     family = ""
     net_class: type[nn.Module]
-    _rerank_notice_shown = False
+    Options = TokenOptions
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer, net: nn.Module,
                  device: torch.device | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.device = device or dist.device()
+        self.device = device or runtime.device()
         self.vq, self.net = vq.to(self.device).eval(), net.to(self.device)
-        self._clip: Any = None
+        self.use_cache = True  # the KV cache; off only to check that it changes nothing
 
     @classmethod
     def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer) -> nn.Module:
@@ -290,131 +293,38 @@ class TokenPipeline:
     def sampler(self) -> str:
         return "parallel" if getattr(self.net, "parallel", False) else "autoregressive"
 
-    def options(self, guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
-                top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
-                candidates: int | None = None, clip: Any = None) -> dict[str, Any]:
-        """The effective decoding options (given ones over the run's defaults), checked; also what
-        `t2i eval` records. `candidates` is what is drawn per prompt: 1 when no CLIP run reranks them
-        (`rerank` names the CLIP run, empty when reranking is off)."""
+    def defaults(self) -> dict[str, Any]:
         sc = self.cfg.sample
-        if sampler is not None and sampler != self.sampler:
-            raise UserError(f"--sampler {sampler!r} does not apply to {self.family} runs, which decode "
+        return {"guidance": sc.guidance, "temperature": sc.temperature, "top_k": sc.top_k, "top_p": sc.top_p,
+                "steps": sc.steps if self.sampler == "parallel" else self.net.positions, "sampler": self.sampler,
+                "candidates": sc.candidates, "rerank": sc.clip}
+
+    def check(self, options: TokenOptions, given: dict[str, Any]) -> TokenOptions:
+        if options.sampler != self.sampler:
+            raise UserError(f"--sampler {options.sampler!r} does not apply to {self.family} runs, which decode "
                             f"{self.sampler} (--sampler {self.sampler} or leave it out)")
-        if steps is not None and self.sampler == "autoregressive":
+        if "steps" in given and self.sampler == "autoregressive":
             raise UserError(f"--steps applies to parallel decoding (maskgit runs); a {self.family} run decodes "
                             f"one position per step ({self.net.positions} steps); leave --steps out")
-        if candidates is not None and candidates < 1:
-            raise UserError(f"--candidates must be at least 1, got {candidates}")
-        opts = {"guidance": sc.guidance if guidance is None else guidance,
-                "temperature": sc.temperature if temperature is None else temperature,
-                "top_k": sc.top_k if top_k is None else top_k, "top_p": sc.top_p if top_p is None else top_p,
-                "steps": (sc.steps if steps is None else steps) if self.sampler == "parallel" else self.net.positions,
-                "sampler": self.sampler, "candidates": sc.candidates if candidates is None else candidates}
-        clip = sc.clip if clip is None else clip
-        opts["rerank"] = "" if opts["candidates"] == 1 or not clip else (
-            str(clip) if isinstance(clip, str | Path) else type(clip).__name__)
-        if not opts["rerank"]:
-            opts["candidates"] = 1
-        check_options(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
-        return opts
+        check_options(options.temperature, options.top_k, options.top_p, options.guidance, options.steps)
+        return options
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None,
-                 guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
-                 candidates: int | None = None, clip: Any = None, use_cache: bool = True,
-                 init_image: Image.Image | None = None, strength: float | None = None,
-                 batch_size: int = 64) -> list[Image.Image]:
-        """One image per prompt; image i uses seed `seed + i` (or `seeds[i]`), whatever the batch.
-
-        With `candidates` N > 1 and a CLIP run (`clip`: a run directory or a loaded CLIP with
-        encode_image / encode_text), N images are drawn per prompt and the one CLIP rates closest to the
-        prompt is returned (DALL-E's reranking): `draw`, then `pick`. `strength` is accepted for CLI
-        uniformity and unused.
-        """
-        if init_image is not None:
-            raise UserError(f"--init-image (img2img) is not supported by {self.family} runs; leave it out")
-        clip = self.cfg.sample.clip if clip is None else clip
-        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates, clip)
-        asked = self.cfg.sample.candidates if candidates is None else candidates
-        if asked > 1 and opts["candidates"] == 1 and not TokenPipeline._rerank_notice_shown:
-            print(f"t2i: CLIP reranking is off: no CLIP run given (pass --rerank RUN, a run of `t2i train "
-                  f"--family clip`); returning 1 image per prompt instead of the best of {asked}", file=sys.stderr)
-            TokenPipeline._rerank_notice_shown = True
-        groups = self.draw(prompts, seed, seeds, guidance, temperature, top_k, top_p, steps, sampler,
-                           opts["candidates"], use_cache, batch_size)
-        return self.pick(prompts, groups, clip) if opts["candidates"] > 1 else [g[0] for g in groups]
-
-    @torch.no_grad()
-    def draw(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None,
-             guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
-             top_p: float | None = None, steps: int | None = None, sampler: str | None = None,
-             candidates: int | None = None, use_cache: bool = True, batch_size: int = 64
-             ) -> list[list[Image.Image]]:
-        """Every candidate, without reranking: `candidates` images per prompt (the run's `sample.candidates`
-        by default). Candidate 0 uses the prompt's own seed, so it is the image `candidates=1` gives, and
-        reranking only ever adds alternatives. Kept separate from `pick` so an evaluation can judge all of
-        them: how often any candidate is right is the ceiling a perfect reranker would reach."""
-        opts = self.options(guidance, temperature, top_k, top_p, steps, sampler, candidates)
-        n = self.cfg.sample.candidates if candidates is None else candidates
-        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        decode = DecodeOptions(opts["temperature"], opts["top_k"], opts["top_p"], opts["guidance"], opts["steps"])
-        all_prompts = [p for p in prompts for _ in range(n)]
-        all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]
-        images: list[Image.Image] = []
-        for i in range(0, len(all_prompts), batch_size):
-            images += self._generate(all_prompts[i:i + batch_size], all_seeds[i:i + batch_size], decode, use_cache)
-        return [images[i:i + n] for i in range(0, len(images), n)]
-
-    def pick(self, prompts: list[str], groups: list[list[Image.Image]], clip: Any = None) -> list[Image.Image]:
-        """Each prompt's candidate that the CLIP run (`clip`, or the run's `sample.clip`) rates closest to it."""
-        clip = self.cfg.sample.clip if clip is None else clip
-        if not clip:
-            raise UserError("reranking needs a CLIP run: pass --rerank RUN (a run of `t2i train --family clip`)")
-        n = len(groups[0]) if groups else 1
-        if any(len(g) != n for g in groups):
-            raise UserError("every prompt needs the same number of candidates to rerank")
-        return rerank(self._load_clip(clip), prompts, [im for g in groups for im in g], n)
-
-    def _generate(self, prompts: list[str], seeds: list[int], opts: DecodeOptions, use_cache: bool) -> list:
+    def generate(self, prompts: list[str], seeds: list[int], options: TokenOptions,
+                 inputs: list[base.Input | None]) -> list[Image.Image]:
+        o = options
+        decode = DecodeOptions(o.temperature, o.top_k, o.top_p, o.guidance, o.steps)
         ids, mask = self.tokenizer.encode(prompts, self.cfg.text.max_len)
         cond = self.net.prepare(ids.to(self.device), mask.to(self.device))
         uncond = None
-        if opts.guidance != 1.0:
+        if decode.guidance != 1.0:
             null_ids, null_mask = self.tokenizer.encode([""] * len(prompts), self.cfg.text.max_len)
             uncond = self.net.prepare(null_ids.to(self.device), null_mask.to(self.device))
         net = self.net
         if self.sampler == "parallel":
             patches = sample_parallel(net.masked_state, net.head.slot_logits, cond, uncond, net.positions, net.slots,
-                                      net.mask_id, seeds, opts, device=self.device)
+                                      net.mask_id, seeds, decode, device=self.device)
         else:
             patches = sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, net.positions, net.slots,
-                                            seeds, opts, net.layers, use_cache=use_cache, device=self.device)
+                                            seeds, decode, net.layers, use_cache=self.use_cache, device=self.device)
         return tensor_to_images(self.vq.decode(from_patches(patches, net.patch)))
-
-    def _load_clip(self, clip: Any) -> Any:
-        if not clip:
-            return None
-        if not isinstance(clip, str | Path):
-            return clip  # an already loaded CLIP
-        if self._clip is None:
-            import t2i
-
-            model = t2i.load(clip)
-            if not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
-                raise UserError(f"--rerank {clip} is a {read_meta(clip).get('family')!r} run, not a CLIP run; "
-                                "train one with `t2i train --family clip`")
-            self._clip = model
-        return self._clip
-
-
-@torch.no_grad()
-def rerank(clip: Any, prompts: list[str], images: list[Image.Image], n: int) -> list[Image.Image]:
-    """For each prompt, the one of its `n` consecutive candidate images with the highest CLIP similarity."""
-    img = torch.as_tensor(clip.encode_image(images)).float().cpu()
-    txt = torch.as_tensor(clip.encode_text(prompts)).float().cpu()
-    scores = (img.reshape(len(prompts), n, -1) * txt[:, None]).sum(-1)
-    best = scores.argmax(dim=1).tolist()
-    return [images[i * n + j] for i, j in enumerate(best)]
