@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import t2i
 from t2i.api import train
@@ -144,3 +145,30 @@ def test_demo_runs_end_to_end_with_the_tiny_preset(cli, tmp_path):
     assert summary["groundtruth"]["overall"] == 1.0
     assert summary["ldm"]["sampling"]["images"] == 600
     assert (tmp_path / "preview.png").is_file()
+
+
+def test_generate_inputs_dir_runs_each_request_and_echoes_it(cli, run, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(src / "red.png")
+    rows = [{"prompt": "a red circle", "seed": 3},
+            {"prompt": "a blue square", "seed": 4, "task": "img2img", "image": "red.png", "strength": 0.3}]
+    (src / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    r = cli("generate", run, "--inputs", src, "--steps", 2, "--out", out, "-q")
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [(g["prompt"], g["seed"]) for g in got] == [("a red circle", 3), ("a blue square", 4)]
+    assert got[1]["task"] == "img2img" and got[1]["strength"] == 0.3 and got[1]["image"] == "red.png"
+    # the img2img row is the API call with the same Input, whatever else is in the batch
+    pipe = t2i.load(str(run))
+    alone = pipe(["a blue square"], seeds=[4], steps=2, inputs=[Input("img2img", Image.open(src / "red.png"),
+                                                                       strength=0.3)])[0]
+    assert np.array_equal(np.asarray(alone), np.asarray(Image.open(out / got[1]["file"])))
+    assert cli("bench", "score", out, "-q").returncode == 0
+    (src / "index.jsonl").write_text(json.dumps({"prompt": "a red circle", "image": "nope.png"}) + "\n")
+    r = cli("generate", run, "--inputs", src, "--out", tmp_path / "o2")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot read image" in r.stderr
+    (src / "index.jsonl").write_text(json.dumps({"prompt": "a red circle", "colour": "red"}) + "\n")
+    r = cli("generate", run, "--inputs", src, "--out", tmp_path / "o3")
+    assert r.returncode == 2 and "unknown field(s) colour" in r.stderr
