@@ -44,14 +44,28 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{gpu}"
 
 
-def record(title: str, rows: list[str], save: bool) -> None:
-    """Print a result block; with `save`, append it to benchmarks/RESULTS.md as measured."""
+def record(title: str, rows: list[str], save: bool, current: dict[str, tuple[str, str, str]] | None = None) -> None:
+    """Print a result block; with `save`, append it to benchmarks/RESULTS.md as measured, and replace (or add)
+    each preset's row of the current table: `current` maps a preset name to (figure, scorer, training time)."""
     script = Path(sys.argv[0]).resolve().relative_to(Path(__file__).resolve().parent.parent)
-    cmd = ".venv/bin/python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
+    args = " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
+    cmd = ".venv/bin/python " + args
     block = [f"### {title}", "", f"- command: `{cmd}`", f"- machine: {machine()}",
              f"- date: {_dt.date.today().isoformat()}", "", *rows, ""]
     text = "\n".join(block)
     print(text)
-    if save:
-        with RESULTS.open("a") as f:
-            f.write(text + "\n")
+    if not save:
+        return
+    lines = RESULTS.read_text().splitlines()
+    end = lines.index("<!-- current:end -->")
+    cpu = machine().split(",")[0].replace("Intel(R) ", "").replace(" Processor", "")
+    for preset, (figure, scorer, training) in (current or {}).items():
+        row = (f"| {preset} | {figure} | {scorer} | {training} | {_dt.date.today().isoformat()} | "
+               f"{cpu}, {os.cpu_count()} cores | `{args.removeprefix('benchmarks/')}` |")
+        at = next((i for i, line in enumerate(lines[:end]) if line.startswith(f"| {preset} |")), None)
+        if at is None:
+            lines.insert(end, row)
+            end += 1
+        else:
+            lines[at] = row
+    RESULTS.write_text("\n".join(lines).rstrip("\n") + "\n\n" + text + "\n")

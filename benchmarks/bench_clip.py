@@ -74,7 +74,11 @@ def main() -> None:
     top1 = results[0][1]["top1"]
     rows += ["", f"- zero-shot retrieval top-1 (caption -> image among 100): {top1:.3f} "
              f"({'meets' if top1 >= 0.95 else 'below'} the 0.95 target)"]
-    record(f"CLIP {meta.get('preset')} preset: zero-shot retrieval and minimal pairs", rows, args.record)
+    minutes = sum(meta["train_seconds"].values()) / 60
+    record(f"CLIP {meta.get('preset')} preset: zero-shot retrieval and minimal pairs", rows, args.record,
+           current={f"clip {meta.get('preset')}": (f"retrieval top-1 {top1:.3f}, minimal pairs {pairs[0][1]['text']:.3f} "
+                                                   f"/ {pairs[0][1]['image']:.3f} (text / image)", "-",
+                                                   f"{minutes:.1f} min")})
 
 
 if __name__ == "__main__":

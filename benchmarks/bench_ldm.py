@@ -103,7 +103,8 @@ def mean_of(results: list[dict]) -> dict:
     return {"kinds": {k: sum(r["kinds"][k] for r in results) / len(results) for k in kinds},
             "overall": sum(r["overall"] for r in results) / len(results),
             "novel": sum(r["novel"] for r in results) / len(results),
-            "per_set": [r["overall"] for r in results], "sampling": results[0]["sampling"]}
+            "per_set": [r["overall"] for r in results], "sampling": results[0]["sampling"],
+            "version": results[0]["version"]}
 
 
 def main() -> None:
@@ -172,7 +173,11 @@ def main() -> None:
                 rows.append(f"| {r['step']} | {float(r['train_minutes']):.1f} | {float(r['shapesbench']):.3f} | "
                             + " | ".join(r.get(k, "") for k in ("single_object", "size", "two_object", "position",
                                                                  "counting", "novel")) + " |")
-    record("LDM quick preset", rows, args.record)
+    s = fast["sampling"]
+    record("LDM quick preset", rows, args.record, current={f"ldm {meta.get('preset')}": (
+        f"{fast['overall']:.3f} ({s['sampler']}, {s['steps']} steps; ddpm {args.ddpm_steps} steps {slow['overall']:.3f}; "
+        f"counting {fast['kinds']['counting']:.2f})", fast["version"].removeprefix("shapesbench-"),
+        f"{train_min:.1f} min")})
 
 
 if __name__ == "__main__":

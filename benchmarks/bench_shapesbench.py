@@ -35,28 +35,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="layout seeds of the ground truth per prompt")
     ap.add_argument("--scenes", type=int, default=100, help="soft-truth scenes per kind and blur")
-    ap.add_argument("--generated", nargs="*", default=[], metavar="DIR",
-                    help="folders of generated images to re-score under v1 and v2 (skips the validity checks)")
+    ap.add_argument("--generated", nargs="*", default=[], metavar="[PRESET=]DIR",
+                    help="folders of generated images to re-score under v1 and v2 (skips the validity checks); "
+                         "PRESET= names the current-table row the v2 figure replaces, e.g. 'ldm quick=runs/x/eval/"
+                         "shapesbench'")
     ap.add_argument("--record", action="store_true", help="append the result to benchmarks/RESULTS.md")
     args = ap.parse_args()
     pin_one_core()
     if args.generated:
-        record("ShapesBench v1 and v2 on the same generated images", rescore(args.generated), args.record)
+        rows, current = rescore(args.generated)
+        record("ShapesBench v1 and v2 on the same generated images", rows, args.record, current)
         return
-    record("ShapesBench validity and speed, v2 beside v1", validity(args.seeds, args.scenes), args.record)
+    rows, summary = validity(args.seeds, args.scenes)
+    record("ShapesBench validity and speed, v2 beside v1", rows, args.record,
+           {"ShapesBench validity": (summary, "v2", "-")})
 
 
 def _cells(res: dict, kinds) -> str:
     return " | ".join(f"{res['kinds'][k]:.3f}" for k in kinds) + f" | {res['overall']:.3f} | {res['novel']:.3f}"
 
 
-def validity(seeds: int, n_scenes: int) -> list[str]:
+def validity(seeds: int, n_scenes: int) -> tuple[list[str], str]:
     from t2i.data.shapes import KINDS, random_spec, render, render_prompt, scene_for
     from t2i.eval import shapesbench as sb
 
     prompts = sb.benchmark_prompts()
     rows = ["| check | scorer | " + " | ".join(KINDS) + " | overall | novel |", "|---" * (len(KINDS) + 4) + "|"]
     rate = {s: [0.0, 0] for s in sb.SCORERS}
+    worst: dict[str, float] = {}
     for seed in range(seeds):
         images = [render_prompt(p, seed=seed * 100_000 + i)[0] for i, p in enumerate(prompts)]
         shuffled = prompts[:]
@@ -70,6 +76,9 @@ def validity(seeds: int, n_scenes: int) -> list[str]:
             bad = sb.summarize(((p, sb.score_image(im, p, scorer)[0]) for p, im in zip(shuffled, images, strict=True)),
                                scorer)
             rows.append(f"| ground truth, seed {seed} | {scorer} | {_cells(res, KINDS)} |")
+            if scorer == "v2":
+                worst["truth"] = min(worst.get("truth", 1.0), *res["kinds"].values(), res["novel"])
+                worst["shuffled"] = max(worst.get("shuffled", 0.0), bad["overall"])
             rows.append(f"| shuffled captions, seed {seed} | {scorer} | {_cells(bad, KINDS)} |")
 
     rows += ["", f"Soft truth: {n_scenes} scenes per kind, blurred by sigma px, noise std 8 (pass rate):", "",
@@ -88,6 +97,8 @@ def validity(seeds: int, n_scenes: int) -> list[str]:
             wrong = np.mean([sb.score_image(im, minimal_edit(s, edits).canonical(), scorer)[0]
                              for v in soft.values() for s, im in v])
             rows.append(f"| {sigma} | {scorer} | " + " | ".join(f"{acc[k]:.3f}" for k in KINDS) + f" | {wrong:.3f} |")
+            if scorer == "v2" and sigma == max(SIGMAS):
+                worst["soft"] = min(acc.values())
 
     rows += ["", "Ground truth at other resolutions (every 4th prompt, resized to 64 with a box filter):", "",
              "| scorer | " + " | ".join(str(s) for s in RESOLUTIONS) + " |", "|---" * (len(RESOLUTIONS) + 1) + "|"]
@@ -98,6 +109,8 @@ def validity(seeds: int, n_scenes: int) -> list[str]:
                  for s in RESOLUTIONS]
         rows.append(f"| {scorer} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
 
+        if scorer == "v2":
+            worst["resolutions"] = min(cells)
     rows.append("")
     with tempfile.TemporaryDirectory() as d:
         sb.write_groundtruth(d, progress=False)
@@ -108,10 +121,16 @@ def validity(seeds: int, n_scenes: int) -> list[str]:
             s, n = rate[scorer]
             rows.append(f"- scoring speed, {scorer}: {n / s:,.0f} images/s on decoded images ({n} images), "
                         f"{dir_rate:,.0f} images/s through `score_dir` incl. PNG decode and JSON; one core")
-    return rows
+    v2_rate = rate["v2"][1] / rate["v2"][0]
+    summary = (f"ground truth >= {worst['truth']:.3f} per kind (32-512 px: >= {worst['resolutions']:.3f}), shuffled "
+               f"captions <= {worst['shuffled']:.3f}, soft truth (blur {max(SIGMAS)} px + noise) >= {worst['soft']:.3f} "
+               f"per kind, {v2_rate:,.0f} images/s")
+    return rows, summary
 
 
-def rescore(dirs: list[str]) -> list[str]:
+def rescore(specs: list[str]) -> tuple[list[str], dict[str, tuple[str, str, str]]]:
+    import json
+
     from PIL import Image
 
     from t2i.data.shapes import KINDS, minimal_edit, parse_prompt
@@ -119,27 +138,36 @@ def rescore(dirs: list[str]) -> list[str]:
 
     rows = ["| images | scorer | " + " | ".join(KINDS) + " | overall | novel | wrong captions |",
             "|---" * (len(KINDS) + 5) + "|"]
-    notes = []
-    for d in dirs:
+    notes, current = [], {}
+    for spec in specs:
+        label, _, d = spec.rpartition("=")
         index = sb.read_index(d)
         prompts = [r["prompt"] for r in index]
         images = []
         for r in index:
             with Image.open(Path(d) / r["file"]) as im:
                 images.append(im.convert("RGB"))
-        oks = {}
+        oks, overall = {}, {}
         for scorer in sb.SCORERS:
             edits = random.Random(0)
             oks[scorer] = [sb.score_image(im, p, scorer)[0] for p, im in zip(prompts, images, strict=True)]
             wrong = np.mean([sb.score_image(im, minimal_edit(parse_prompt(p), edits).canonical(), scorer)[0]
                              for p, im in zip(prompts, images, strict=True)])
             res = sb.summarize(zip(prompts, oks[scorer], strict=True), scorer)
+            overall[scorer] = res
             rows.append(f"| `{d}` | {scorer} | {_cells(res, KINDS)} | {wrong:.3f} |")
         up = sum(b and not a for a, b in zip(oks["v1"], oks["v2"], strict=True))
         down = sum(a and not b for a, b in zip(oks["v1"], oks["v2"], strict=True))
         notes.append(f"- `{d}`: v1 and v2 disagree on {(up + down) / len(prompts):.1%} of {len(prompts)} images: "
                      f"{up} pass only under v2, {down} only under v1")
-    return [*rows, "", *notes]
+        if label:
+            meta = Path(d).parent.parent / "run.json"
+            minutes = (f"{sum(json.loads(meta.read_text())['train_seconds'].values()) / 60:.1f} min"
+                       if meta.is_file() else "-")
+            v1, v2 = overall["v1"], overall["v2"]
+            current[label] = (f"{v2['overall']:.3f} (counting {v2['kinds']['counting']:.2f}; the same images under v1 "
+                              f"{v1['overall']:.3f}, counting {v1['kinds']['counting']:.2f}), `{d}`", "v2", minutes)
+    return [*rows, "", *notes], current
 
 
 if __name__ == "__main__":

@@ -141,18 +141,25 @@ def main() -> None:
                 + " | ".join(f"{k[x]:.3f}" for x in ("single_object", "size", "two_object", "position", "counting"))
                 + f" | {res['overall']:.3f} | {res['novel']:.3f} | {speed} |")
 
+    current = {}
     for f, run in runs.items():
         meta = read_meta(run)
         sec, params = meta["train_seconds"], meta["params"]["transformer"]
         res = evaluate(run, progress=False, candidates=1)
         evals[f], speeds[f] = res, throughput(run)
         rows.append(row(f, res, sec, params, f"{speeds[f]:.1f}"))
+        scorer = res["version"].removeprefix("shapesbench-")
+        current[f"{f} {meta.get('preset')}"] = (f"{res['overall']:.3f} (one image per prompt)", scorer,
+                                                f"{sum(sec.values()) / 60:.1f} min")
         n = t2i.load(run).cfg.sample.candidates
         if n > 1 and clip_min is not None:
             rr = evaluate(run, progress=False, out_name="reranked", rerank=str(clip_run))
             rows.append(row(f"{f}, best of {n} by CLIP", rr, sec, params, f"{rr['sampling']['images_per_s']:.1f} "
                             f"(prompts/s: {n} candidates + CLIP)", clip_min))
             c = rr["candidates"]
+            current[f"{f} {meta.get('preset')}"] = (
+                f"best of {n} by CLIP {rr['overall']:.3f} (first image {res['overall']:.3f}; any of {n} right "
+                f"{c['any']['overall']:.3f})", scorer, f"{sum(sec.values()) / 60 + clip_min:.1f} min incl. CLIP")
             ceilings.append(f"- {f}: any of its {n} candidates right (what a perfect reranker would pick) "
                             f"**{c['any']['overall']:.3f}** against {rr['overall']:.3f} picked by CLIP (two objects "
                             f"{c['any']['kinds']['two_object']:.2f}, position {c['any']['kinds']['position']:.2f}, "
@@ -182,7 +189,7 @@ def main() -> None:
                     f"and tokenizer recipe): {speeds['maskgit']:.1f} vs {speeds['parti']:.1f} images/s "
                     f"({speeds['maskgit'] / speeds['parti']:.1f}x); ShapesBench {m['overall']:.3f} vs "
                     f"{p['overall']:.3f}")
-    record("Token families (DALL-E, Parti, MaskGIT) quick presets", rows, args.record)
+    record("Token families (DALL-E, Parti, MaskGIT) quick presets", rows, args.record, current=current)
 
 
 if __name__ == "__main__":
