@@ -244,3 +244,18 @@ def test_dpmpp_2m_sde_without_noise_is_dpmpp_2m():
     sde = sample_dpmpp_2m_sde(gaussian_denoiser, z, sigmas, disable=True, eta=0.0,
                               generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(sde, ode)
+
+
+def test_per_item_generators_make_each_sample_independent_of_its_batch():
+    from t2i.diffusion.samplers import get_sampler
+
+    def denoiser(x, sigma):
+        return 0.5 * x
+
+    sigmas = torch.tensor([2.0, 1.0, 0.5, 0.0])
+    x = torch.ones(3, 2, 4, 4)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    for name in SAMPLERS:  # the stochastic ones draw noise every step
+        both = get_sampler(name)(denoiser, x, sigmas, generator=gens([1, 2, 3]), disable=True)
+        alone = get_sampler(name)(denoiser, x[1:2], sigmas, generator=gens([2]), disable=True)
+        assert torch.equal(both[1:2], alone)

@@ -81,6 +81,7 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
             return net(*args, **kwargs).float()
 
     model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, cfg.threshold)
-    gen = torch.Generator(device).manual_seed(seeds[0] * 7919 + 1)  # ancestral samplers' noise
+    # Ancestral samplers' noise, one generator per image: an image depends on its seed, not on its batch.
+    gen = [torch.Generator(device).manual_seed(s * 7919 + 1) for s in seeds]
     return get_sampler(cfg.sampler)(model, x, sigmas, extra_args={"cond": cond, "uncond": uncond},
                                     callback=callback, disable=True, generator=gen)

@@ -8,7 +8,8 @@ Every sampler has the signature::
   with sigma of shape [B] (wrap a network with `t2i.diffusion.objectives.Denoiser`).
 * ``sigmas`` is the decreasing sequence of VE noise levels, ending with 0 (`schedules.karras_sigmas`,
   `schedules.schedule_sigmas`); ``x`` starts at noise level ``sigmas[0]``.
-* all randomness comes from ``generator`` (never the global RNG), so a seed fixes the sample.
+* all randomness comes from ``generator`` (never the global RNG), so a seed fixes the sample; a sequence of
+  generators, one per batch item, makes each item depend on its own seed alone, whatever batch it is in.
 * ``callback({"i", "x", "sigma", "denoised"})`` runs once per step, before the step updates x.
 
 The deterministic ones integrate the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``;
@@ -28,9 +29,12 @@ from t2i.errors import UserError
 
 Model = Callable[..., Tensor]
 Callback = Callable[[dict[str, Any]], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def _noise(x: Tensor, generator: Generators) -> Tensor:
+    if isinstance(generator, Sequence):
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator])
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
@@ -42,7 +46,7 @@ def sample_euler(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler steps on the probability-flow ODE: one model call per step, first order.
 
@@ -69,7 +73,7 @@ def sample_heun(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """EDM's 2nd-order Heun steps (Karras et al. 2022, Alg. 1): Euler, then average the two slopes.
 
@@ -101,7 +105,7 @@ def sample_ddpm(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020): draw x_next from the posterior q(x_next | x, x0 = D).
 
@@ -133,7 +137,7 @@ def sample_ddim(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
 ) -> Tensor:
     """DDIM (Song et al. 2021): x_next = D + sigma_down * eps_hat + sigma_up * z.
@@ -166,7 +170,7 @@ def sample_dpmpp_2m(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022): second order from one model call per step.
 
@@ -205,7 +209,7 @@ def sample_dpmpp_2m_sde(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 1.0,
 ) -> Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022, k-diffusion's midpoint form): the stochastic variant.

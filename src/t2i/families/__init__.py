@@ -18,6 +18,7 @@ FAMILIES = {
     "dalle": "t2i.families.dalle",
     "parti": "t2i.families.parti",
     "maskgit": "t2i.families.maskgit",
+    "ddpm": "t2i.families.ddpm",
 }
 
 
