@@ -23,15 +23,13 @@ from torch import Tensor, nn
 from t2i import runtime
 from t2i.codecs.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.data.tokenizer import Tokenizer
-from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
-from t2i.diffusion.generate import SampleConfig, check_options, denoise
+from t2i.diffusion.generate import SampleConfig
 from t2i.errors import UserError
 from t2i.families import base
+from t2i.families.diffusion import DiffusionConfig, TextDenoiser, TextDiffusionPipeline, TextDiffusionStage
 from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.nn.dit import DiT, DiTConfig
-from t2i.nn.transformer import TextEncoder
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.runtime import autocast
 from t2i.train.data import DataConfig, batches, generator_data
 from t2i.train.run import load_part, require_complete
 from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, take, tokenizer_stage
@@ -39,18 +37,6 @@ from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 NAME = "ldm"
 STAGES = ["tokenizer", "autoencoder", "diffusion"]
-
-
-@dataclass
-class DiffusionConfig:
-    schedule: str = "cosine"
-    objective: str = "v"
-    weighting: str = "min-snr"
-    gamma: float = 5.0
-    t_density: str = "uniform"
-    t_mean: float = 0.0
-    t_std: float = 1.0
-    cond_drop: float = 0.1
 
 
 @dataclass
@@ -94,46 +80,27 @@ class AutoencoderStage(nn.Module):
         return self.autoencoder.loss(batch["image"], generator)
 
 
-class Denoiser(nn.Module):
-    """Text encoder + UNet: the trained part of stage 2, and `net(z_t, t, ids=, mask=)` for sampling."""
-
-    def __init__(self, cfg: Config, vocab_size: int):
-        super().__init__()
-        self.text_encoder = TextEncoder(cfg.text.encoder(vocab_size))
-        if cfg.backbone not in ("unet", "dit"):
-            raise UserError(f"backbone must be unet or dit, got {cfg.backbone!r}")
-        self.unet = UNet(_unet_config(cfg)) if cfg.backbone == "unet" else DiT(_dit_config(cfg))
-
-    def forward(self, z: Tensor, t: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        tokens, pooled = self.text_encoder(ids, mask)
-        return self.unet(z, t, context=tokens, context_mask=mask, pooled=pooled)
+def build_denoiser(cfg: Config, vocab_size: int) -> TextDenoiser:
+    """The trained part of the diffusion stage: the run's text encoder and its backbone on the latents."""
+    if cfg.backbone not in ("unet", "dit"):
+        raise UserError(f"backbone must be unet or dit, got {cfg.backbone!r}")
+    backbone = UNet(_unet_config(cfg)) if cfg.backbone == "unet" else DiT(_dit_config(cfg))
+    return TextDenoiser(cfg.text.encoder(vocab_size), backbone)
 
 
-class DiffusionStage(nn.Module):
+class DiffusionStage(TextDiffusionStage):
+    """The shared text diffusion stage on latents: from the encoded cache, or encoded on the fly."""
+
     def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: AutoencoderKL, scale: float):
-        super().__init__()
-        self.cfg = cfg.diffusion
-        self.net = Denoiser(cfg, tokenizer.vocab_size)
+        super().__init__(build_denoiser(cfg, tokenizer.vocab_size), cfg.diffusion, tokenizer, cfg.text.max_len)
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.scale = scale
-        self.schedule = Schedule.from_name(cfg.diffusion.schedule)
-        self.t_density = TimeDensity(cfg.diffusion.t_density, cfg.diffusion.t_mean, cfg.diffusion.t_std)
-        null_ids, null_mask = tokenizer.encode([""], cfg.text.max_len)
-        self.register_buffer("null_ids", null_ids[0], persistent=False)
-        self.register_buffer("null_mask", null_mask[0], persistent=False)
 
-    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def x0(self, batch: dict[str, Tensor]) -> Tensor:
         if "latent" in batch:  # from the encoded cache (data.cache > 0)
-            z = batch["latent"] * self.scale
-        else:
-            with torch.no_grad():
-                z = self.autoencoder.encode(batch["image"]).mode() * self.scale
-        drop = drop_condition(self.cfg.cond_drop, batch=z.shape[0], generator=generator, device=z.device)
-        ids = apply_null_condition(batch["ids"], self.null_ids, drop)
-        mask = apply_null_condition(batch["mask"], self.null_mask, drop)
-        loss = training_loss(self.net, z, {"ids": ids, "mask": mask}, self.schedule, self.cfg.objective,
-                             self.cfg.weighting, self.t_density, generator, self.cfg.gamma)
-        return {"loss": loss.mean()}
+            return batch["latent"] * self.scale
+        with torch.no_grad():
+            return self.autoencoder.encode(batch["image"]).mode() * self.scale
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -188,19 +155,16 @@ def measure_latent_scale(ae: AutoencoderKL, data: DataConfig, n: int = 512) -> f
 
 
 # ------------------------------------------------------------------------------------------ generate
-class Pipeline(base.Pipeline):
+class Pipeline(TextDiffusionPipeline):
     """Text -> images with a trained run: `pipe(["a red circle"], steps=20, guidance=4, seed=0)`; img2img
-    with `inputs=[Input("img2img", image, strength=0.6)]`."""
+    with `inputs=[Input("img2img", image, strength=0.6)]`. Diffusion runs on the autoencoder's latents."""
 
     family = NAME
-    tasks = ("img2img",)
 
-    def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: AutoencoderKL, net: Denoiser,
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: AutoencoderKL, net: TextDenoiser,
                  scale: float, device: torch.device | None = None):
-        self.cfg, self.tokenizer, self.scale = cfg, tokenizer, scale
-        self.device = device or runtime.device()
-        self.autoencoder, self.net = autoencoder.to(self.device), net.to(self.device)
-        self.schedule = Schedule.from_name(cfg.diffusion.schedule)
+        super().__init__(cfg, tokenizer, net, device)
+        self.autoencoder, self.scale = autoencoder.to(self.device), scale
 
     @classmethod
     def load(cls, run: str | Path, cfg: Config) -> Pipeline:
@@ -208,46 +172,19 @@ class Pipeline(base.Pipeline):
         meta = require_complete(run, NAME, STAGES)
         tokenizer = Tokenizer.load(run / "tokenizer.json")
         ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
-        net = load_part(Denoiser(cfg, tokenizer.vocab_size), run, "denoiser")
+        net = load_part(build_denoiser(cfg, tokenizer.vocab_size), run, "denoiser")
         return cls(cfg, tokenizer, ae, net, meta["latent_scale"])
 
-    def defaults(self) -> dict[str, Any]:
-        sc = self.cfg.sample
-        return {"steps": sc.steps, "guidance": sc.guidance, "sampler": sc.sampler, "candidates": sc.candidates,
-                "rerank": sc.rerank}
+    @property
+    def shape(self) -> tuple[int, ...]:
+        side = self.cfg.data.resolution // self.autoencoder.downsample_factor
+        return (self.cfg.autoencoder.latent_channels, side, side)
 
-    def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
-        check_options(options.steps, options.guidance, options.sampler)
-        return options
+    def encode(self, x: Tensor) -> Tensor:
+        return self.autoencoder.encode(x).mode() * self.scale
 
-    @torch.no_grad()
-    def generate(self, prompts: list[str], seeds: list[int], options: base.Options,
-                 inputs: list[base.Input | None]) -> list[Image.Image]:
-        sc = dataclasses.replace(self.cfg.sample, steps=options.steps, guidance=options.guidance,
-                                 sampler=options.sampler)
-        res = self.cfg.data.resolution // self.autoencoder.downsample_factor
-        shape = (self.cfg.autoencoder.latent_channels, res, res)
-        null_ids, null_mask = self.tokenizer.encode([""], self.cfg.text.max_len)
-        uncond = {"ids": null_ids.to(self.device), "mask": null_mask.to(self.device)}
-        out: list[Image.Image | None] = [None] * len(prompts)
-        groups: dict[float | None, list[int]] = {}  # one denoising pass per img2img strength
-        for i, inp in enumerate(inputs):
-            groups.setdefault(None if inp is None else inp.strength, []).append(i)
-        for strength, idx in groups.items():
-            ids, mask = self.tokenizer.encode([prompts[i] for i in idx], self.cfg.text.max_len)
-            cond = {"ids": ids.to(self.device), "mask": mask.to(self.device)}
-            init = None
-            if strength is not None:
-                side = (self.cfg.data.resolution,) * 2
-                x = images_to_tensor([inputs[i].image.convert("RGB").resize(side) for i in idx]).to(self.device)
-                init = self.autoencoder.encode(x).mode() * self.scale
-            z = denoise(self.net, self.schedule, self.cfg.diffusion.objective, [seeds[i] for i in idx], shape,
-                        cond, uncond, sc, init=init, strength=1.0 if strength is None else strength,
-                        device=self.device)
-            with autocast(self.device, sc.precision):
-                for i, im in zip(idx, tensor_to_images(self.autoencoder.decode(z / self.scale).float()), strict=True):
-                    out[i] = im
-        return out
+    def decode(self, x0: Tensor) -> Tensor:
+        return self.autoencoder.decode(x0 / self.scale)
 
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, base.Options,
