@@ -23,52 +23,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i.codecs.vq import VQConfig
-from t2i.families import base
-from t2i.families.tokens import (
-    IMAGE_TOKENIZER,
-    STAGES,
-    SampleConfig,
-    TextConfig,
-    TokenOptions,
-    TokenPipeline,
-    train_stages,
-)
+from t2i.families import base, tokens
+from t2i.families.tokens import IMAGE_TOKENIZER, STAGES, TokenOptions, TokenPipeline, train_stages
 from t2i.nn.attention import KVCache
 from t2i.nn.gpt import TokenTransformer
 from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
-from t2i.train.data import DataConfig
-from t2i.train.trainer import TrainConfig
 
 NAME = "dalle"
 __all__ = ["FAMILY", "NAME", "STAGES", "Config", "DalleTransformer", "Pipeline", "train"]
 
 
 @dataclass
-class NetConfig:
-    dim: int = 256
-    depth: int = 4
-    heads: int = 4
+class NetConfig(tokens.NetConfig):
     text_loss_weight: float = 0.125  # DALL-E: 1/8 text, 7/8 image
-    cond_drop: float = 0.1
-    patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
-    code_features: bool = False  # embedding and head also read each code's VQ vector (t2i.tokens.patches)
 
 
 @dataclass
-class Config:
+class Config(tokens.TokenConfig):
     family: str = NAME
-    data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
-    text: TextConfig = field(default_factory=TextConfig)
-    vq: VQConfig = field(default_factory=VQConfig)
     net: NetConfig = field(default_factory=NetConfig)
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(candidates=4))
-    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
-    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.families.tokens.DecoderStage)
-    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
-                                                                              ema_decay=0.0))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
-    tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
+    sample: tokens.SampleConfig = field(default_factory=lambda: tokens.SampleConfig(candidates=4))
 
 
 class DalleTransformer(nn.Module):

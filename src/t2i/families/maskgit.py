@@ -28,52 +28,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i.codecs.vq import VQConfig
-from t2i.families import base
-from t2i.families.tokens import (
-    IMAGE_TOKENIZER,
-    STAGES,
-    SampleConfig,
-    TextConfig,
-    TokenOptions,
-    TokenPipeline,
-    train_stages,
-)
+from t2i.families import base, tokens
+from t2i.families.tokens import IMAGE_TOKENIZER, STAGES, TokenOptions, TokenPipeline, train_stages
 from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.tokens.patches import PatchEmbedding, PatchHead, to_patches
-from t2i.train.data import DataConfig
-from t2i.train.trainer import TrainConfig
 
 NAME = "maskgit"
 __all__ = ["FAMILY", "NAME", "STAGES", "Config", "MaskGitTransformer", "Pipeline", "train"]
 
 
 @dataclass
-class NetConfig:
-    dim: int = 256
-    depth: int = 4
-    heads: int = 4
+class NetConfig(tokens.NetConfig):
     text_depth: int = 2
-    cond_drop: float = 0.1
-    patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
-    code_features: bool = False  # embedding and head also read each code's VQ vector (t2i.tokens.patches)
 
 
 @dataclass
-class Config:
+class Config(tokens.TokenConfig):
     family: str = NAME
-    data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
-    text: TextConfig = field(default_factory=TextConfig)
-    vq: VQConfig = field(default_factory=VQConfig)
     net: NetConfig = field(default_factory=NetConfig)
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="parallel", steps=8))
-    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
-    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (t2i.families.tokens.DecoderStage)
-    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
-                                                                              ema_decay=0.0))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
-    tokenizer_run: str = ""  # reuse the BPE and VQ tokenizers of this token-family run (CLI --tokenizer)
+    sample: tokens.SampleConfig = field(default_factory=lambda: tokens.SampleConfig(sampler="parallel", steps=8))
 
 
 class MaskGitTransformer(nn.Module):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from t2i import runtime
 from t2i.codecs.autoencoder import reconstruction_loss
-from t2i.codecs.vq import VQTokenizer, codebook_usage
+from t2i.codecs.vq import VQConfig, VQTokenizer, codebook_usage
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
@@ -43,10 +43,10 @@ from t2i.families import base
 from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.tokens.decoding import DecodeOptions, check_options, sample_autoregressive, sample_parallel
 from t2i.tokens.patches import from_patches
-from t2i.train.data import batches, generator_data
+from t2i.train.data import DataConfig, batches, generator_data
 from t2i.train.run import load_part, read_meta, require_complete
 from t2i.train.stages import PREVIEW_PROMPTS, Stages, take, tokenizer_stage
-from t2i.train.trainer import Trainer, param_count
+from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 STAGES = ["tokenizer", "vq", "transformer"]
 TOKEN_FAMILIES = ("dalle", "parti", "maskgit")
@@ -73,6 +73,35 @@ class SampleConfig:
     top_p: float | None = None
     candidates: int = 1  # images generated per prompt for CLIP reranking (needs `clip`)
     clip: str = ""  # a lab CLIP run directory for reranking; empty = reranking off
+
+
+@dataclass
+class NetConfig:
+    """What every token family's network has; a family's own NetConfig adds its extras."""
+
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    cond_drop: float = 0.1  # caption dropout, for classifier-free guidance on logits
+    patch: int = 1  # p: a p x p patch of the code grid per position (t2i.tokens.patches)
+    code_features: bool = False  # embedding and head also read each code's VQ vector (t2i.tokens.patches)
+
+
+@dataclass
+class TokenConfig:
+    """Everything that rebuilds a token-family run except its network (`net`, set by the family's Config)."""
+
+    family: str = ""
+    data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
+    text: TextConfig = field(default_factory=TextConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (DecoderStage)
+    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
+                                                                              ema_decay=0.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
+    tokenizer_run: str = ""  # reuse the BPE and VQ image tokenizer of this token-family run (--image-tokenizer)
 
 
 # ------------------------------------------------------------------------------------------- stages
