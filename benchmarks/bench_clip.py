@@ -45,7 +45,7 @@ def main() -> None:
 
     import t2i
     from t2i.families.clip import CLIP, Scorer, minimal_pairs, zero_shot_retrieval
-    from t2i.train.run import read_meta
+    from t2i.train.rundir import read_meta
 
     meta = read_meta(run)
     pipe = t2i.load(run)

@@ -47,7 +47,7 @@ def training_flops(run: Path, steps: int = 6, overrides: list[str] | None = None
     from t2i.families.ldm import Config, DiffusionStage
     from t2i.runtime import autocast
     from t2i.train.data import batches
-    from t2i.train.run import load_part, read_meta
+    from t2i.train.rundir import load_part, read_meta
     from t2i.train.trainer import TrainConfig, Trainer
 
     cfg = override(load_yaml(Config, run / "config.yaml"), overrides or [])
@@ -130,7 +130,7 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         print(f"training wall-clock this invocation: {(time.perf_counter() - t) / 60:.1f} min")
     from t2i.eval.runs import evaluate
-    from t2i.train.run import read_meta
+    from t2i.train.rundir import read_meta
 
     meta = read_meta(run)
     train_min = sum(meta["train_seconds"].values()) / 60

@@ -124,7 +124,7 @@ def main() -> None:
 
     import t2i
     from t2i.eval.runs import describe_sampling, evaluate
-    from t2i.train.run import read_meta
+    from t2i.train.rundir import read_meta
 
     torch.set_num_threads(1)  # every measurement below on one thread, so the figures compare across runs
 

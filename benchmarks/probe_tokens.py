@@ -30,20 +30,20 @@ from _common import record
 
 
 def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[str]:
-    from t2i.codecs.vq import VQTokenizer
+    from t2i.codecs.vq import ImageTokenizer
     from t2i.config import load_yaml, override
     from t2i.data.tokenizer import Tokenizer
     from t2i.families import get_family
     from t2i.families.tokens import TokenStage
     from t2i.runtime import autocast
     from t2i.train.data import DataConfig, encode_cache
-    from t2i.train.run import load_part, read_meta
+    from t2i.train.rundir import load_part, read_meta
     from t2i.train.trainer import adamw, lr_at
 
     family = get_family(read_meta(run)["family"])
     base = load_yaml(family.config, run / "config.yaml")
     tokenizer = Tokenizer.load(run / "tokenizer.json")
-    vq = load_part(VQTokenizer(base.vq), run, "vq").eval()
+    vq = load_part(ImageTokenizer(base.vq), run, "vq").eval()
     max_len = base.text.max_len
 
     def encode(x: torch.Tensor) -> torch.Tensor:

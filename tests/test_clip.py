@@ -12,7 +12,7 @@ from t2i.eval.clipscore import clip_s_hessel, clip_score_100, clip_scores
 from t2i.families.clip import edit_name, minimal_pairs, retrieval_pool, zero_shot_retrieval
 from t2i.images import images_to_tensor
 from t2i.train.data import DataConfig, batches
-from t2i.train.run import read_meta
+from t2i.train.rundir import read_meta
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import t2i
 from t2i.api import train
 from t2i.errors import UserError
 from t2i.families.base import Input
-from t2i.train.run import read_meta, write_meta
+from t2i.train.rundir import read_meta, write_meta
 
 
 @pytest.fixture(scope="module")

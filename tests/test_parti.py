@@ -9,7 +9,7 @@ import torch
 import t2i
 from t2i.api import train
 from t2i.errors import UserError
-from t2i.train.run import read_meta, write_meta
+from t2i.train.rundir import read_meta, write_meta
 
 
 @pytest.fixture(scope="module")

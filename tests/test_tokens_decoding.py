@@ -13,7 +13,7 @@ from t2i.families.parti import PartiTransformer
 from t2i.tokens.decoding import (
     DecodeOptions,
     Guide,
-    check_options,
+    check_decoding,
     filter_logits,
     mask_schedule,
     pick,
@@ -67,7 +67,7 @@ def test_guidance_on_logits():
 ])
 def test_bad_options_are_one_line_errors(kwargs, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as e:
-        check_options(**kwargs)
+        check_decoding(**kwargs)
     assert "\n" not in str(e.value)
 
 
@@ -227,11 +227,11 @@ def test_code_features_relate_codes_through_their_vq_vectors():
 def test_a_patch_that_does_not_tile_the_code_grid_is_a_clear_error():
     from types import SimpleNamespace
 
-    from t2i.codecs.vq import VQConfig, VQTokenizer
+    from t2i.codecs.vq import ImageTokenizer, VQConfig
     from t2i.families.parti import Config, Pipeline
 
     cfg = Config(vq=VQConfig(channels=8, patch=8, codebook_size=16, code_dim=4))
-    vq = VQTokenizer(cfg.vq)  # 64x64 images -> an 8x8 code grid
+    vq = ImageTokenizer(cfg.vq)  # 64x64 images -> an 8x8 code grid
     cfg.net = PartiNet(dim=16, depth=1, heads=2, text_depth=1, patch=3)
     with pytest.raises(UserError, match=r"net.patch 3 must be a positive divisor of the VQ's 8x8 code grid") as e:
         Pipeline.build_net(cfg, SimpleNamespace(vocab_size=50), vq)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2i.codecs.vq import VectorQuantizer, VQConfig, VQTokenizer, codebook_usage, reconstruction_error
+from t2i.codecs.vq import ImageTokenizer, VectorQuantizer, VQConfig, codebook_usage, reconstruction_error
 from t2i.errors import UserError
 from t2i.train.data import DataConfig, batches
 
@@ -89,7 +89,7 @@ def test_kmeans_clusters_the_last_warmup_batches_when_asked():
 
 
 def test_straight_through_gradient_reaches_the_encoder_only():
-    vq = VQTokenizer(TINY).train()
+    vq = ImageTokenizer(TINY).train()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     vq.loss(x)["loss"].backward()
     assert vq.encoder.conv_in.weight.grad.abs().sum() > 0
@@ -98,7 +98,7 @@ def test_straight_through_gradient_reaches_the_encoder_only():
 
 def test_usage_counts_unique_codes_over_the_whole_pass():
     torch.manual_seed(0)
-    vq = VQTokenizer(TINY).eval()
+    vq = ImageTokenizer(TINY).eval()
     data = [b["image"] for b in itertools.islice(batches(DataConfig(), 4), 3)]
     codes = torch.cat([vq.encode(x).flatten() for x in data])
     usage = codebook_usage(vq, data)
@@ -111,7 +111,7 @@ def test_usage_counts_unique_codes_over_the_whole_pass():
 def test_training_reduces_reconstruction_error_and_keeps_codes_alive():
     torch.manual_seed(0)
     cfg = VQConfig(channels=16, num_res_blocks=1, codebook_size=16, code_dim=4, warmup_steps=5)
-    vq = VQTokenizer(cfg)
+    vq = ImageTokenizer(cfg)
     opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
     data = [b["image"] for b in itertools.islice(batches(DataConfig(), 8), 2)]
     vq.eval()

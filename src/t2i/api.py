@@ -12,7 +12,7 @@ from t2i import runtime
 from t2i.config import from_dict, load_yaml, override, save_yaml, to_dict
 from t2i.errors import UserError
 from t2i.families import get_family, load_run, run_family
-from t2i.train.run import read_meta, write_meta
+from t2i.train.rundir import read_meta, write_meta
 
 
 def load(run: str | Path) -> Any:

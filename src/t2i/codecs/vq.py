@@ -195,7 +195,7 @@ class VectorQuantizer(nn.Module):
         return q.reshape(b, h, w, d).permute(0, 3, 1, 2), codes.reshape(b, h, w), commit
 
 
-class VQTokenizer(nn.Module):
+class ImageTokenizer(nn.Module):
     """Images (B, 3, H, W) in [-1, 1] <-> codes (B, H/f, W/f) in [0, codebook_size)."""
 
     def __init__(self, cfg: VQConfig):
@@ -238,7 +238,7 @@ class VQTokenizer(nn.Module):
 
 
 @torch.no_grad()
-def codebook_usage(vq: VQTokenizer, images: Iterable[Tensor]) -> dict[str, float]:
+def codebook_usage(vq: ImageTokenizer, images: Iterable[Tensor]) -> dict[str, float]:
     """Codes used over a whole pass of `images` (batches in [-1, 1]): the fraction of the codebook that is
     ever used, and the perplexity of the pooled code histogram. Unlike batch perplexity, this counts a
     code that one image in the epoch needs."""
@@ -253,7 +253,7 @@ def codebook_usage(vq: VQTokenizer, images: Iterable[Tensor]) -> dict[str, float
 
 
 @torch.no_grad()
-def reconstruction_error(vq: VQTokenizer, images: Iterable[Tensor]) -> float:
+def reconstruction_error(vq: ImageTokenizer, images: Iterable[Tensor]) -> float:
     """Mean absolute error per pixel value in [0, 255] units over a pass of `images`."""
     total, n = 0.0, 0
     for x in images:
@@ -269,7 +269,7 @@ class ReconstructionPipe:
     ShapesBench (`quick_score(ReconstructionPipe(vq))`) gives the tokenizer's ceiling, the best score any
     token model decoding through it can reach."""
 
-    def __init__(self, vq: VQTokenizer, resolution: int = 64):
+    def __init__(self, vq: ImageTokenizer, resolution: int = 64):
         self.vq, self.resolution = vq, resolution
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ class SampleConfig:
     rerank: str = ""  # a lab CLIP run directory for reranking; empty = reranking off
 
 
-def check_options(steps: int, guidance: float, sampler: str, strength: float = 1.0) -> None:
+def check_sampling(steps: int, guidance: float, sampler: str, strength: float = 1.0) -> None:
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     if not (math.isfinite(guidance) and guidance >= 0):
@@ -63,7 +63,7 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
 
     `strength` is the fraction of the noise schedule to run: 1 ignores `init`, 0.3 keeps most of it.
     """
-    check_options(cfg.steps, cfg.guidance, cfg.sampler, strength)
+    check_sampling(cfg.steps, cfg.guidance, cfg.sampler, strength)
     device = device or torch.device("cpu")
     t_max = None
     if cfg.sigma_max is not None:

@@ -87,7 +87,7 @@ def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path |
     pipeline as in `evaluate`."""
     from t2i.eval.runs import evaluate
     from t2i.families import load_run, run_family
-    from t2i.train.run import read_meta
+    from t2i.train.rundir import read_meta
 
     run = Path(run)
     metrics = metrics or ["shapesbench"]
@@ -250,7 +250,7 @@ def format_markdown(r: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------- compare
 def _summary(run: Path) -> dict[str, Any]:
-    from t2i.train.run import read_meta
+    from t2i.train.rundir import read_meta
 
     meta = read_meta(run)
     rep = run / "eval" / "report.json"

@@ -43,7 +43,7 @@ def families_with_task(task: str) -> list[str]:
 
 
 def run_family(run: str | Path) -> Family:
-    from t2i.train.run import read_meta
+    from t2i.train.rundir import read_meta
 
     return get_family(read_meta(run).get("family", "?"))
 

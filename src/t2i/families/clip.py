@@ -43,7 +43,7 @@ from t2i.images import images_to_tensor
 from t2i.nn.blocks import group_norm
 from t2i.nn.transformer import TextEncoder
 from t2i.train.data import DataConfig, batches
-from t2i.train.run import load_part, require_complete
+from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import Stages, TextConfig, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 

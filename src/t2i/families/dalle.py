@@ -42,7 +42,7 @@ class NetConfig(tokens.NetConfig):
 class Config(tokens.TokenConfig):
     family: str = NAME
     net: NetConfig = field(default_factory=NetConfig)
-    sample: tokens.SampleConfig = field(default_factory=lambda: tokens.SampleConfig(candidates=4))
+    sample: tokens.DecodeConfig = field(default_factory=lambda: tokens.DecodeConfig(candidates=4))
 
 
 class DalleTransformer(nn.Module):

@@ -22,13 +22,13 @@ from torch import Tensor, nn
 
 from t2i import runtime
 from t2i.diffusion import Schedule, training_loss
-from t2i.diffusion.generate import SampleConfig, check_options, denoise
+from t2i.diffusion.generate import SampleConfig, check_sampling, denoise
 from t2i.errors import UserError
 from t2i.families import base
 from t2i.images import grid, tensor_to_images
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train.data import DataConfig, batches
-from t2i.train.run import load_part, require_complete
+from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import Stages
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
@@ -99,7 +99,7 @@ class Pipeline(base.Pipeline):
     def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
         if options.guidance != 1.0:
             raise UserError(f"--guidance needs a text-conditioned model; {NAME} runs are unconditional (leave it out)")
-        check_options(options.steps, options.guidance, options.sampler)
+        check_sampling(options.steps, options.guidance, options.sampler)
         return options
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from t2i import runtime
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
-from t2i.diffusion.generate import check_options, denoise
+from t2i.diffusion.generate import check_sampling, denoise
 from t2i.families import base
 from t2i.images import images_to_tensor, tensor_to_images
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
@@ -115,7 +115,7 @@ class TextDiffusionPipeline(base.Pipeline):
                 "rerank": sc.rerank}
 
     def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
-        check_options(options.steps, options.guidance, options.sampler)
+        check_sampling(options.steps, options.guidance, options.sampler)
         return options
 
     @torch.no_grad()

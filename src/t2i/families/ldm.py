@@ -31,7 +31,7 @@ from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.nn.dit import DiT, DiTConfig
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train.data import DataConfig, batches, generator_data
-from t2i.train.run import load_part, require_complete
+from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 

@@ -47,7 +47,7 @@ class NetConfig(tokens.NetConfig):
 class Config(tokens.TokenConfig):
     family: str = NAME
     net: NetConfig = field(default_factory=NetConfig)
-    sample: tokens.SampleConfig = field(default_factory=lambda: tokens.SampleConfig(sampler="parallel", steps=8))
+    sample: tokens.DecodeConfig = field(default_factory=lambda: tokens.DecodeConfig(sampler="parallel", steps=8))
 
 
 class MaskGitTransformer(nn.Module):

@@ -35,16 +35,16 @@ from torch import Tensor, nn
 
 from t2i import runtime
 from t2i.codecs.autoencoder import reconstruction_loss
-from t2i.codecs.vq import VQConfig, VQTokenizer, codebook_usage
+from t2i.codecs.vq import ImageTokenizer, VQConfig, codebook_usage
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.guidance import apply_null_condition, drop_condition
 from t2i.errors import UserError
 from t2i.families import base
 from t2i.images import grid, images_to_tensor, tensor_to_images
-from t2i.tokens.decoding import DecodeOptions, check_options, sample_autoregressive, sample_parallel
+from t2i.tokens.decoding import DecodeOptions, check_decoding, sample_autoregressive, sample_parallel
 from t2i.tokens.patches import from_patches
 from t2i.train.data import DataConfig, batches, generator_data
-from t2i.train.run import load_part, read_meta, require_complete
+from t2i.train.rundir import load_part, read_meta, require_complete
 from t2i.train.stages import PREVIEW_PROMPTS, Stages, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
@@ -55,14 +55,14 @@ IMAGE_TOKENIZER = base.Use("image_tokenizer", "tokenizer_run", "reuse the BPE an
 
 
 @dataclass
-class TextConfig:
+class BPEConfig:
     vocab_size: int = 512
     max_len: int = 24
     tokenizer_captions: int = 20000
 
 
 @dataclass
-class SampleConfig:
+class DecodeConfig:
     """Decoding defaults stored with a run; each can be overridden per call (CLI options of the same name)."""
 
     sampler: str = "autoregressive"  # fixed by the family: autoregressive (dalle, parti) | parallel (maskgit)
@@ -93,9 +93,9 @@ class TokenConfig:
 
     family: str = ""
     data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
-    text: TextConfig = field(default_factory=TextConfig)
+    text: BPEConfig = field(default_factory=BPEConfig)
     vq: VQConfig = field(default_factory=VQConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: DecodeConfig = field(default_factory=DecodeConfig)
     vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
     # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (DecoderStage)
     vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
@@ -106,7 +106,7 @@ class TokenConfig:
 
 # ------------------------------------------------------------------------------------------- stages
 class VQStage(nn.Module):
-    def __init__(self, vq: VQTokenizer):
+    def __init__(self, vq: ImageTokenizer):
         super().__init__()
         self.vq = vq
 
@@ -123,7 +123,7 @@ class DecoderStage(nn.Module):
     codes (docs/tokens.md, "Decoder fine-tuning"): reranked ShapesBench 0.632 -> 0.678 after 600 steps.
     """
 
-    def __init__(self, vq: VQTokenizer):
+    def __init__(self, vq: ImageTokenizer):
         super().__init__()
         self.vq = vq.requires_grad_(False)
         self.vq.decoder.requires_grad_(True)
@@ -145,7 +145,7 @@ class DecoderStage(nn.Module):
 class TokenStage(nn.Module):
     """The transformer stage: codes from the cache (or the frozen VQ), caption dropout, the net's loss."""
 
-    def __init__(self, net: nn.Module, vq: VQTokenizer, tokenizer: Tokenizer, max_len: int, cond_drop: float):
+    def __init__(self, net: nn.Module, vq: ImageTokenizer, tokenizer: Tokenizer, max_len: int, cond_drop: float):
         super().__init__()
         self.net, self.cond_drop = net, cond_drop
         self.vq = vq.eval().requires_grad_(False)
@@ -221,19 +221,19 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
         return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
 
     if stages.todo("vq"):
-        Trainer("vq", VQStage(VQTokenizer(cfg.vq)), cfg.vq_train, run, {"vq": "vq"},
+        Trainer("vq", VQStage(ImageTokenizer(cfg.vq)), cfg.vq_train, run, {"vq": "vq"},
                 lambda start: batches(cfg.data, cfg.vq_train.batch_size // runtime.world_size(), start),
                 recon, progress).fit()
         stages.finish("vq", **({} if decoder_phase else {"vq": _vq_report(cfg, run)}))
     if decoder_phase and stages.todo("vq_decoder"):
         # Batches from past the VQ stage's samples, so the decoder also sees images the encoder never did.
         skip = cfg.vq_train.steps * cfg.vq_train.batch_size // runtime.world_size()
-        Trainer("vq_decoder", DecoderStage(load_part(VQTokenizer(cfg.vq), run, "vq")), cfg.vq_decoder_train,
+        Trainer("vq_decoder", DecoderStage(load_part(ImageTokenizer(cfg.vq), run, "vq")), cfg.vq_decoder_train,
                 run, {"vq": "vq"},
                 lambda start: batches(cfg.data, cfg.vq_decoder_train.batch_size // runtime.world_size(), skip + start),
                 recon, progress).fit()
         stages.finish("vq_decoder", vq=_vq_report(cfg, run))
-    vq = load_part(VQTokenizer(cfg.vq), run, "vq")
+    vq = load_part(ImageTokenizer(cfg.vq), run, "vq")
 
     if stages.todo("transformer"):
         stage = TokenStage(pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, cfg.text.max_len, cfg.net.cond_drop)
@@ -261,7 +261,7 @@ def _vq_report(cfg: Any, run: Path) -> dict[str, float]:
     from t2i.codecs.vq import ReconstructionPipe
     from t2i.eval.shapesbench import quick_score
 
-    vq = load_part(VQTokenizer(cfg.vq), run, "vq")
+    vq = load_part(ImageTokenizer(cfg.vq), run, "vq")
     held_out = (images_to_tensor([s.image for s in chunk]) for chunk in _chunks(take(cfg.data, 1024), 256))
     ceiling = quick_score(ReconstructionPipe(vq, cfg.data.resolution))["shapesbench"]
     return {**codebook_usage(vq, held_out), "reconstruction_shapesbench": ceiling}
@@ -292,7 +292,7 @@ class TokenPipeline(base.Pipeline):
     net_class: type[nn.Module]
     Options = TokenOptions
 
-    def __init__(self, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer, net: nn.Module,
+    def __init__(self, cfg: Any, tokenizer: Tokenizer, vq: ImageTokenizer, net: nn.Module,
                  device: torch.device | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.device = device or runtime.device()
@@ -300,7 +300,7 @@ class TokenPipeline(base.Pipeline):
         self.use_cache = True  # the KV cache; off only to check that it changes nothing
 
     @classmethod
-    def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: VQTokenizer) -> nn.Module:
+    def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: ImageTokenizer) -> nn.Module:
         side, patch = vq.grid(cfg.data.resolution), cfg.net.patch
         if patch < 1 or side % patch:
             raise UserError(f"net.patch {patch} must be a positive divisor of the VQ's {side}x{side} code grid "
@@ -314,7 +314,7 @@ class TokenPipeline(base.Pipeline):
         run = Path(run)
         require_complete(run, cls.family, STAGES)
         tokenizer = Tokenizer.load(run / "tokenizer.json")
-        vq = load_part(VQTokenizer(cfg.vq), run, "vq")
+        vq = load_part(ImageTokenizer(cfg.vq), run, "vq")
         net = load_part(cls.build_net(cfg, tokenizer, vq), run, "transformer")
         return cls(cfg, tokenizer, vq, net)
 
@@ -335,7 +335,7 @@ class TokenPipeline(base.Pipeline):
         if "steps" in given and self.sampler == "autoregressive":
             raise UserError(f"--steps applies to parallel decoding (maskgit runs); a {self.family} run decodes "
                             f"one position per step ({self.net.positions} steps); leave --steps out")
-        check_options(options.temperature, options.top_k, options.top_p, options.guidance, options.steps)
+        check_decoding(options.temperature, options.top_k, options.top_p, options.guidance, options.steps)
         return options
 
     @torch.no_grad()

@@ -44,11 +44,11 @@ class DecodeOptions:
     steps: int = 8  # parallel decoding only: model calls for the whole image
 
     def check(self) -> DecodeOptions:
-        check_options(self.temperature, self.top_k, self.top_p, self.guidance, self.steps)
+        check_decoding(self.temperature, self.top_k, self.top_p, self.guidance, self.steps)
         return self
 
 
-def check_options(temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+def check_decoding(temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                   guidance: float | None = None, steps: int | None = None) -> None:
     """One-line `UserError`s for unusable decoding options (None = not given)."""
     if temperature is not None and not temperature > 0:

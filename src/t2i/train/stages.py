@@ -19,7 +19,7 @@ from t2i import runtime
 from t2i.data.tokenizer import Tokenizer
 from t2i.nn.transformer import TextEncoderConfig
 from t2i.train.data import DataConfig, captions
-from t2i.train.run import read_meta, write_meta
+from t2i.train.rundir import read_meta, write_meta
 
 PREVIEW_PROMPTS = ["a red circle", "a large blue square", "a green triangle and a yellow circle",
                    "a red circle left of a blue square", "three purple circles", "a small orange triangle",
