@@ -234,3 +234,14 @@ def test_cli_scorer_flag(cli, tmp_path, prompts, groundtruth):
     assert r.returncode == 0 and "shapesbench-v1" in r.stdout
     r = cli("bench", "score", tmp_path, "--scorer", "v9")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown ShapesBench scorer" in r.stderr
+
+
+def test_a_textured_object_that_falls_apart_at_high_coverage_stays_one_object():
+    """A generator's gray square with a faint seam: its 0.6-level set is two pieces, but the whole fits a
+    square far better than either piece fits anything, so it is one object (and two touching squares,
+    above, are still two)."""
+    img = np.asarray(render([Obj("gray", "square", "medium", 0.5, 0.5)]), dtype=np.float32).copy()
+    seam = slice(31, 33)
+    img[seam, 22:42] = 0.45 * np.float32(128) + 0.55 * np.float32(245)  # coverage 0.55 across the middle
+    img = sb.soften(img.astype(np.uint8), 0.6, np.random.default_rng(4), noise=4.0)
+    assert [(d.color, d.shape) for d in sb.detect(img)] == [("gray", "square")]
