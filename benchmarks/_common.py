@@ -58,7 +58,7 @@ def record(title: str, rows: list[str], save: bool, current: dict[str, tuple[str
         return
     lines = RESULTS.read_text().splitlines()
     end = lines.index("<!-- current:end -->")
-    cpu = machine().split(",")[0].replace("Intel(R) ", "").replace(" Processor", "")
+    cpu = machine().split(",")[0].replace("Intel(R) ", "").replace("(R)", "").replace(" Processor", "")
     for preset, (figure, scorer, training) in (current or {}).items():
         row = (f"| {preset} | {figure} | {scorer} | {training} | {_dt.date.today().isoformat()} | "
                f"{cpu}, {os.cpu_count()} cores | `{args.removeprefix('benchmarks/')}` |")

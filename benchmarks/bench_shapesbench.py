@@ -39,11 +39,13 @@ def main() -> None:
                     help="folders of generated images to re-score under v1 and v2 (skips the validity checks); "
                          "PRESET= names the current-table row the v2 figure replaces, e.g. 'ldm quick=runs/x/eval/"
                          "shapesbench'")
+    ap.add_argument("--training", default="-", help="with --generated PRESET=DIR: the training-time cell of the "
+                    "preset's current row (the re-scored run's own time, if it was timed on an idle machine)")
     ap.add_argument("--record", action="store_true", help="append the result to benchmarks/RESULTS.md")
     args = ap.parse_args()
     pin_one_core()
     if args.generated:
-        rows, current = rescore(args.generated)
+        rows, current = rescore(args.generated, args.training)
         record("ShapesBench v1 and v2 on the same generated images", rows, args.record, current)
         return
     rows, summary = validity(args.seeds, args.scenes)
@@ -128,9 +130,7 @@ def validity(seeds: int, n_scenes: int) -> tuple[list[str], str]:
     return rows, summary
 
 
-def rescore(specs: list[str]) -> tuple[list[str], dict[str, tuple[str, str, str]]]:
-    import json
-
+def rescore(specs: list[str], training: str = "-") -> tuple[list[str], dict[str, tuple[str, str, str]]]:
     from PIL import Image
 
     from t2i.data.shapes import KINDS, minimal_edit, parse_prompt
@@ -161,12 +161,9 @@ def rescore(specs: list[str]) -> tuple[list[str], dict[str, tuple[str, str, str]
         notes.append(f"- `{d}`: v1 and v2 disagree on {(up + down) / len(prompts):.1%} of {len(prompts)} images: "
                      f"{up} pass only under v2, {down} only under v1")
         if label:
-            meta = Path(d).parent.parent / "run.json"
-            minutes = (f"{sum(json.loads(meta.read_text())['train_seconds'].values()) / 60:.1f} min"
-                       if meta.is_file() else "-")
             v1, v2 = overall["v1"], overall["v2"]
             current[label] = (f"{v2['overall']:.3f} (counting {v2['kinds']['counting']:.2f}; the same images under v1 "
-                              f"{v1['overall']:.3f}, counting {v1['kinds']['counting']:.2f}), `{d}`", "v2", minutes)
+                              f"{v1['overall']:.3f}, counting {v1['kinds']['counting']:.2f})", "v2", training)
     return [*rows, "", *notes], current
 
 
