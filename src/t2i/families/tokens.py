@@ -49,7 +49,6 @@ from t2i.train.stages import PREVIEW_PROMPTS, Stages, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 STAGES = ["tokenizer", "vq", "transformer"]
-TOKEN_FAMILIES = ("dalle", "parti", "maskgit")
 IMAGE_TOKENIZER = base.Use("image_tokenizer", "tokenizer_run", "reuse the BPE and VQ image tokenizer of this "
                            "token-family run instead of training them (one tokenizer, comparable codes)")
 
@@ -175,16 +174,17 @@ class TokenStage(nn.Module):
 def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
     """Copy tokenizer.json and vq.safetensors from `cfg.tokenizer_run`; the run's config takes its vq shape."""
     from t2i.config import load_yaml, save_yaml
-    from t2i.families import get_family
+    from t2i.families import all_families, get_family
 
     src = Path(cfg.tokenizer_run)
     meta = read_meta(src)
-    if meta.get("family") not in TOKEN_FAMILIES or "vq" not in meta.get("stages_done", []):
-        raise UserError(f"--tokenizer {src}: needs a token-family run ({', '.join(TOKEN_FAMILIES)}) whose vq "
+    token_families = [f.name for f in all_families() if IMAGE_TOKENIZER in f.uses]
+    if meta.get("family") not in token_families or "vq" not in meta.get("stages_done", []):
+        raise UserError(f"--image-tokenizer {src}: needs a token-family run ({', '.join(token_families)}) whose vq "
                         f"stage is done; it is a {meta.get('family')!r} run with stages {meta.get('stages_done')}")
     other = load_yaml(get_family(meta["family"]).config, src / "config.yaml")
     if other.vq_decoder_train.steps > 0 and "vq_decoder" not in meta["stages_done"]:
-        raise UserError(f"--tokenizer {src}: its VQ decoder fine-tuning (stage vq_decoder) has not finished; "
+        raise UserError(f"--image-tokenizer {src}: its VQ decoder fine-tuning (stage vq_decoder) has not finished; "
                         f"resume that run first (`t2i train --resume --out {src}`)")
     if runtime.is_main():
         shutil.copy(src / "tokenizer.json", run / "tokenizer.json")
