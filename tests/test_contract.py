@@ -71,3 +71,10 @@ def test_tasks_a_family_cannot_do_name_the_families_that_can(trained):
         inp = Input(task, Image.new("RGB", (64, 64)), Image.new("L", (64, 64)))
         with pytest.raises(UserError, match=f"task {task} is not supported by {fam.name} runs"):
             pipe(["a red circle"], inputs=[inp], candidates=1)
+
+
+def test_cli_lists_every_family_from_its_record(cli):
+    r = cli("families")
+    assert r.returncode == 0
+    for fam in all_families():
+        assert f"{fam.name} " in r.stdout and " -> ".join(fam.stages) in r.stdout

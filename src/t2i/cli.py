@@ -191,6 +191,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
            seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, **options)
 
 
+def cmd_families(args: argparse.Namespace) -> None:
+    """Every registered family, read from its contract record: what `--family` takes."""
+    from dataclasses import fields
+
+    from t2i.api import preset_names
+    from t2i.families import all_families
+
+    for fam in all_families():
+        line = f"stages: {' -> '.join(fam.stages)}; presets: {', '.join(preset_names(fam.name)) or '-'}"
+        if fam.options:
+            line += (f"; tasks beyond text-to-image: {', '.join(fam.tasks) or 'none'}; options: "
+                     + ", ".join(f.name for f in fields(fam.options)))
+        line += "".join(f"; --{u.name.replace('_', '-')} RUN" for u in fam.uses)
+        print(f"{fam.name:<8} {fam.kind:<9} {fam.summary}\n{'':<18} {line}")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from t2i.eval.report import compare
 
@@ -333,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FID/KID feature extractor (default: clip when --clip is given, else inception)")
     sampling(e)
     e.set_defaults(func=cmd_eval)
+
+    f = sub.add_parser("families", help="the model families, their stages, presets, tasks and options")
+    f.set_defaults(func=cmd_families)
 
     c = sub.add_parser("compare", help="a side-by-side table and a quality-vs-speed plot of evaluated runs")
     c.add_argument("runs", nargs="+", help="run directories, each evaluated with `t2i eval`")

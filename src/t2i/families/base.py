@@ -50,7 +50,9 @@ class Options:
 
     steps: int | None = option(None, "sampler steps (default: the run's)", int)
     guidance: float | None = option(None, "classifier-free guidance scale (1 = none, 0 = unconditional)", float)
-    sampler: str | None = option(None, "sampler name (default: the run's; `t2i families` lists each family's)")
+    sampler: str | None = option(None, "sampler (default: the run's): ddpm | ddim | euler | heun | dpmpp-2m | "
+                                 "dpmpp-2m-sde for diffusion runs; a token run's own decoding (autoregressive or "
+                                 "parallel)")
     candidates: int | None = option(None, "images drawn per prompt, the best kept by the --rerank CLIP", int)
     rerank: str | None = option(None, "rerank candidates with this lab CLIP run (t2i train --family clip)",
                                 metavar="CLIP_RUN")
