@@ -44,6 +44,7 @@ def test_family_trains_loads_and_does_its_job(trained):
     assert isinstance(score_image(images[0], "a red circle"), tuple)
     again = thing(["two blue squares"], seeds=[1], options=thing.options(candidates=1))
     assert again[0].tobytes() == images[1].tobytes()  # image i depends on its seed, not on its batch
+    assert thing("a red circle", seed=0, candidates=1)[0].tobytes() == images[0].tobytes()  # a string: one prompt
 
 
 def test_bad_option_is_a_one_line_error_on_the_cli(trained, cli, tmp_path):

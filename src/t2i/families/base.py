@@ -179,21 +179,23 @@ class Pipeline:
                 raise UserError(f"task {inp.task} is not supported by {self.family} runs (families that can: {can})")
         return inputs
 
-    def __call__(self, prompts: list[str], seeds: list[int] | None = None, seed: int = 0,
+    def __call__(self, prompts: list[str] | str, seeds: list[int] | None = None, seed: int = 0,
                  options: Options | None = None, inputs: Sequence[Input | None] | None = None,
                  batch_size: int = 64, **given: Any) -> list[Image.Image]:
-        """One image per prompt; image i uses seed `seed + i` (or `seeds[i]`), whatever the batch. With
-        `candidates` N > 1 and a `rerank` CLIP run, the best of N by that CLIP (DALL-E's reranking)."""
+        """One image per prompt (a single string is one prompt); image i uses seed `seed + i` (or `seeds[i]`),
+        whatever the batch. With `candidates` N > 1 and a `rerank` CLIP run, the best of N by that CLIP."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         opts = self.picking(options or self.options(**given))
         groups = self.draw(prompts, seeds, seed, opts, inputs, batch_size)
         return self.pick(prompts, groups, opts.rerank) if opts.candidates > 1 else [g[0] for g in groups]
 
-    def draw(self, prompts: list[str], seeds: list[int] | None = None, seed: int = 0,
+    def draw(self, prompts: list[str] | str, seeds: list[int] | None = None, seed: int = 0,
              options: Options | None = None, inputs: Sequence[Input | None] | None = None,
              batch_size: int = 64, **given: Any) -> list[list[Image.Image]]:
         """Every candidate, without reranking. Candidate 0 uses the prompt's own seed, so it is the image
         `candidates=1` gives, and reranking only ever adds alternatives. Kept apart from `pick` so an
         evaluation can judge all of them: how often any is right is what a perfect reranker would reach."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         opts = options or self.options(**given)
         n = opts.candidates
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
