@@ -160,11 +160,17 @@ def test_generate_inputs_dir_runs_each_request_and_echoes_it(cli, run, tmp_path)
     got = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [(g["prompt"], g["seed"]) for g in got] == [("a red circle", 3), ("a blue square", 4)]
     assert got[1]["task"] == "img2img" and got[1]["strength"] == 0.3 and got[1]["image"] == "red.png"
-    # the img2img row is the API call with the same Input, whatever else is in the batch
+    # the CLI's requests are the API call with the same prompts, seeds and Inputs
     pipe = t2i.load(str(run))
-    alone = pipe(["a blue square"], seeds=[4], steps=2, inputs=[Input("img2img", Image.open(src / "red.png"),
-                                                                       strength=0.3)])[0]
-    assert np.array_equal(np.asarray(alone), np.asarray(Image.open(out / got[1]["file"])))
+    inputs = [None, Input("img2img", Image.open(src / "red.png").convert("RGB"), strength=0.3)]
+    api = pipe(["a red circle", "a blue square"], seeds=[3, 4], steps=2, inputs=inputs)
+    def diff(a, b):
+        return np.abs(np.asarray(a, float) - np.asarray(b, float))
+
+    for im, g in zip(api, got, strict=True):  # another process: bf16 kernels may round a level apart
+        assert diff(im, Image.open(out / g["file"])).max() <= 3
+    plain = pipe(["a blue square"], seeds=[4], steps=2)[0]  # the request's image really was used
+    assert diff(plain, Image.open(out / got[1]["file"])).mean() > 5
     assert cli("bench", "score", out, "-q").returncode == 0
     (src / "index.jsonl").write_text(json.dumps({"prompt": "a red circle", "image": "nope.png"}) + "\n")
     r = cli("generate", run, "--inputs", src, "--out", tmp_path / "o2")
