@@ -32,20 +32,21 @@ def load_generator(run: str | Path) -> Any:
 
 def read_requests(directory: str | Path) -> list[dict[str, Any]]:
     """`--inputs DIR`: DIR/index.jsonl, one request per line: `prompt`, `seed`, and optionally `task`, `image`
-    and `mask` (PNG files in DIR) and `strength`. Returns per row its prompt, seed, `Input` (None for plain
+    and `mask` (PNG files in DIR), `frames` (the image is a clip's strip of that many frames) and `strength`. Returns per row its prompt, seed, `Input` (None for plain
     text-to-image) and the fields to echo into the output's index. Every row is checked before any model runs."""
     import json
 
     from PIL import Image
 
     from t2i.families.base import Input
+    from t2i.images import from_stored, stored_frames
 
     directory = Path(directory)
     index = directory / "index.jsonl"
     if not index.is_file():
         raise UserError(f"{index} not found; --inputs DIR needs DIR/index.jsonl with one request per line "
                         "({\"prompt\": ..., \"seed\": 0, \"task\": \"img2img\", \"image\": \"x.png\"})")
-    known = {"prompt", "seed", "task", "image", "mask", "strength"}
+    known = {"prompt", "seed", "task", "image", "mask", "strength", "frames"}
     out = []
     for n, line in enumerate(index.read_text().splitlines(), 1):
         if not line.strip():
@@ -68,9 +69,11 @@ def read_requests(directory: str | Path) -> list[dict[str, Any]]:
                 path = directory / str(row[key])
                 try:
                     with Image.open(path) as im:
-                        files[key] = im.convert("L" if key == "mask" else "RGB")
+                        files[key] = im.convert("L") if key == "mask" else from_stored(im, stored_frames(row))
                 except (OSError, ValueError) as e:
                     raise UserError(f"{where}: cannot read {key} {path}: {e}") from None
+                except UserError as e:  # a strip that is not `frames` frames wide
+                    raise UserError(f"{where}: {key} {path}: {e}") from None
         inp = None
         if "task" in row or files:
             try:

@@ -129,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from t2i.eval.runs import generate_batched
     from t2i.eval.shapesbench import write_images
     from t2i.families.base import Input
-    from t2i.images import grid
+    from t2i.images import grid, save_media
 
     if sum(x is not None for x in (args.prompt, args.prompts_file, args.inputs)) != 1:
         raise UserError("give one of: a prompt, --prompts-file FILE, --inputs DIR")
@@ -161,13 +161,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     options = pipe.options(**_given_options(args))  # every option checked before anything is generated
     images = generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, options=options, inputs=inputs)
     if args.prompts_file or args.inputs:
-        n = write_images(args.out, zip(images, prompts, seeds, strict=True), extras)
+        n = write_images(args.out, zip(images, prompts, seeds, strict=True), extras, gif=args.gif)
         print(f"wrote {n} images and index.jsonl to {args.out} (score: t2i bench score {args.out})")
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.n == 1:
-        images[0].save(out)
+        save_media(images[0], out, gif=args.gif)
     else:
         grid(images, [f"seed {s}" for s in seeds], cols=min(args.n, 8)).save(out)
     print(f"wrote {out}")
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-image", help="img2img: start from this image (for the families whose tasks have it)")
     g.add_argument("--strength", type=float, default=0.6, help="img2img: fraction of the noise schedule to run")
     g.add_argument("--out", required=True)
+    g.add_argument("--gif", action="store_true", help="also write a GIF beside each generated clip (families "
+                   "that make video; a clip's PNG strip is always written)")
     sampling(g)
     g.set_defaults(func=cmd_generate)
 

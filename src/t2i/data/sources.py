@@ -40,7 +40,7 @@ from webdataset import TarWriter
 
 from t2i.data.sample import Sample
 from t2i.errors import UserError
-from t2i.images import center_square, to_rgb
+from t2i.images import Clip, as_stored, from_stored, resize_media, stored_frames, to_rgb
 
 log = logging.getLogger("t2i.data")
 
@@ -111,6 +111,15 @@ def _decode(data: bytes) -> Image.Image:
         raise _Skip("bad_image") from e
 
 
+def _media(data: bytes, meta: dict[str, Any] | None) -> Any:
+    """An image, or a clip when the sample's JSON declares `frames` (its strip is then cut into them)."""
+    image = _decode(data)
+    try:
+        return from_stored(image, stored_frames(meta))
+    except UserError as e:  # a strip of the wrong width, or a nonsense frame count
+        raise _Skip("bad_clip") from e
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -152,7 +161,7 @@ def _tar_sample(key: str, parts: dict[str, bytes]) -> Sample:
         raise _Skip("no_caption")
     caption = _caption(parts["txt"])
     meta = _meta(parts["json"]) if "json" in parts else None
-    return Sample(_decode(parts[image_ext]), caption, meta, key)
+    return Sample(_media(parts[image_ext], meta), caption, meta, key)
 
 
 def _tar_records(path: Path) -> Iterator[_Record]:
@@ -191,7 +200,7 @@ def _file_sample(path: Path, key: str) -> Sample:
     caption = _caption(_read(caption_path))
     meta_path = path.with_suffix(".json")
     meta = _meta(_read(meta_path)) if meta_path.is_file() else None
-    return Sample(_decode(_read(path)), caption, meta, key)
+    return Sample(_media(_read(path), meta), caption, meta, key)
 
 
 def _file_records(root: Path, path: Path) -> Iterator[_Record]:
@@ -345,7 +354,7 @@ def _load(records: Iterable[_Record], resolution: int, stats: SkipStats) -> Iter
         except _Skip as e:
             stats.skip(e.reason, record.key)
             continue
-        sample.image = center_square(to_rgb(sample.image), resolution)
+        sample.image = resize_media(sample.image, resolution)
         yield sample
 
 
@@ -426,8 +435,8 @@ class SampleDataset(torch.utils.data.IterableDataset):
     """`open_source` for a torch DataLoader: each worker opens its own stream and `get_worker_info` splits it.
 
     Rank and world size are fixed here, in the main process, because spawned workers never see the
-    initialised process group. Yields ``{"image": float C,H,W in [-1, 1], "caption", "meta": JSON or "",
-    "key"}``; strings because the default collate cannot batch dicts of varying shape.
+    initialised process group. Yields ``{"image": float C,H,W in [-1, 1] (T,C,H,W for a clip), "caption",
+    "meta": JSON or "", "key"}``; strings because the default collate cannot batch dicts of varying shape.
     """
 
     def __init__(
@@ -458,9 +467,10 @@ class SampleDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for sample in open_source(self.spec, **self.kwargs):
-            pixels = torch.from_numpy(np.asarray(sample.image, dtype=np.float32)).permute(2, 0, 1)
+            frames = [np.asarray(im, dtype=np.float32) for im in getattr(sample.image, "frames", [sample.image])]
+            pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2) / 127.5 - 1.0
             yield {
-                "image": pixels / 127.5 - 1.0,
+                "image": pixels if isinstance(sample.image, Clip) else pixels[0],
                 "caption": sample.caption,
                 "meta": json.dumps(sample.meta) if sample.meta is not None else "",
                 "key": sample.key,
@@ -499,14 +509,17 @@ def write_shards(
             with part.open("wb") as stream, TarWriter(stream, encoder=False, mtime=0.0) as writer:
                 for i, sample in chain([first], islice(numbered, shard_size - 1)):
                     buf = io.BytesIO()
-                    to_rgb(sample.image).save(buf, format=pil_format)
+                    as_stored(sample.image).save(buf, format=pil_format)
                     record = {
                         "__key__": f"{i:0{width}d}",
                         ext: buf.getvalue(),
                         "txt": sample.caption.encode(),
                     }
-                    if sample.meta is not None:
-                        record["json"] = json.dumps(sample.meta).encode()
+                    meta = sample.meta
+                    if isinstance(sample.image, Clip):  # the frame count travels with the strip
+                        meta = {**(meta or {}), "frames": len(sample.image)}
+                    if meta is not None:
+                        record["json"] = json.dumps(meta).encode()
                     writer.write(record)
         except BaseException:  # interrupted mid-shard (Ctrl-C included): drop the partial file
             part.unlink(missing_ok=True)

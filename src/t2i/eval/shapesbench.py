@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -44,6 +45,7 @@ from t2i.data.shapes import (
     shape_coverage,
 )
 from t2i.errors import UserError
+from t2i.images import frame_count, save_media
 
 # The prompt list is seeded by this name and stays the same under every scorer, so figures compare across
 # scorer versions on the same images.
@@ -421,6 +423,9 @@ def score_dir(directory: str | Path, write: bool = True, progress: bool = True,
     directory = Path(directory)
     rows = read_index(directory)
     for row in rows:  # validate every prompt and file before spending time on any image
+        if row.get("frames", 1) != 1:
+            raise UserError(f"{directory / row['file']} is a {row['frames']}-frame clip; ShapesBench scores still "
+                            "images (one frame per row)")
         parse_prompt(row["prompt"])
         if not (directory / row["file"]).is_file():
             raise UserError(f"{directory / row['file']} listed in index.jsonl does not exist")
@@ -485,21 +490,23 @@ def soften(image: Image.Image | np.ndarray, sigma: float, rng: np.random.Generat
 
 
 # ------------------------------------------------------------------------------------------- write
-def write_images(directory: str | Path, items: Iterable[tuple[Image.Image, str, int]],
-                 extras: list[dict] | None = None) -> int:
-    """Write (image, prompt, seed) triples as the generated-images contract every family produces; `extras`
-    (one dict per image) adds fields to each row, e.g. the request fields `--inputs` echoes.
+def write_images(directory: str | Path, items: Iterable[tuple[Any, str, int]],
+                 extras: list[dict] | None = None, gif: bool = False) -> int:
+    """Write (medium, prompt, seed) triples as the generated-media contract every family produces; `extras`
+    (one dict per item) adds fields to each row, e.g. the request fields `--inputs` echoes. A clip is written
+    as its PNG strip with `frames` in its row (and a GIF beside it with `gif`), so any reader can cut it.
 
-    PNGs go first and index.jsonl last, through a temporary name: an interrupted run leaves no index, so
+    Files go first and index.jsonl last, through a temporary name: an interrupted run leaves no index, so
     it can never be scored as if it were complete.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, (image, prompt, seed) in enumerate(items):
+    for i, (media, prompt, seed) in enumerate(items):
         name = f"{i:05d}.png"
-        image.save(directory / name)
-        rows.append({**(extras[i] if extras else {}), "file": name, "prompt": prompt, "seed": seed})
+        save_media(media, directory / name, gif=gif)
+        frames = {"frames": frame_count(media)} if frame_count(media) > 1 else {}
+        rows.append({**(extras[i] if extras else {}), "file": name, "prompt": prompt, "seed": seed, **frames})
     tmp = directory / "index.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(directory / "index.jsonl")

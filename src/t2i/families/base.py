@@ -27,10 +27,12 @@ from typing import Any
 from PIL import Image
 
 from t2i.errors import UserError
+from t2i.images import Clip, Media
 
 log = logging.getLogger(__name__)
 
 TASKS = ("img2img", "inpaint", "variation", "sketch", "complete", "predict")
+CLIP_TASKS = ("predict",)  # the tasks whose input is a clip (the frames to continue); the rest take an image
 KINDS = ("generator", "scorer")
 
 
@@ -69,7 +71,7 @@ class Input:
     """A conditional request beside its prompt: what a row of `--inputs DIR` or `--init-image` becomes."""
 
     task: str = "img2img"
-    image: Image.Image | None = None
+    image: Media | None = None  # a Clip for the video tasks (predict: the frames to continue)
     mask: Image.Image | None = None  # white = regenerate
     strength: float = 0.6  # img2img: the fraction of the noise schedule to run
 
@@ -82,6 +84,10 @@ class Input:
             raise UserError(f"task {self.task} needs an input image")
         if self.task == "inpaint" and self.mask is None:
             raise UserError("task inpaint needs a mask (white = regenerate)")
+        if (self.task in CLIP_TASKS) != isinstance(self.image, Clip):
+            raise UserError(f"task {self.task} takes a clip (a PNG strip with `frames` > 1 in its request)"
+                            if self.task in CLIP_TASKS else
+                            f"task {self.task} takes a still image, got a {len(self.image)}-frame clip")
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ class Pipeline:
         return options
 
     def generate(self, prompts: list[str], seeds: list[int], options: Options,
-                 inputs: list[Input | None]) -> list[Image.Image]:
+                 inputs: list[Input | None]) -> list[Media]:
         raise NotImplementedError
 
     def options(self, **given: Any) -> Options:
@@ -181,8 +187,8 @@ class Pipeline:
 
     def __call__(self, prompts: list[str] | str, seeds: list[int] | None = None, seed: int = 0,
                  options: Options | None = None, inputs: Sequence[Input | None] | None = None,
-                 batch_size: int = 64, **given: Any) -> list[Image.Image]:
-        """One image per prompt (a single string is one prompt); image i uses seed `seed + i` (or `seeds[i]`),
+                 batch_size: int = 64, **given: Any) -> list[Media]:
+        """One image (or clip) per prompt (a single string is one prompt); image i uses seed `seed + i` (or `seeds[i]`),
         whatever the batch. With `candidates` N > 1 and a `rerank` CLIP run, the best of N by that CLIP."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         opts = self.picking(options or self.options(**given))
@@ -191,7 +197,7 @@ class Pipeline:
 
     def draw(self, prompts: list[str] | str, seeds: list[int] | None = None, seed: int = 0,
              options: Options | None = None, inputs: Sequence[Input | None] | None = None,
-             batch_size: int = 64, **given: Any) -> list[list[Image.Image]]:
+             batch_size: int = 64, **given: Any) -> list[list[Media]]:
         """Every candidate, without reranking. Candidate 0 uses the prompt's own seed, so it is the image
         `candidates=1` gives, and reranking only ever adds alternatives. Kept apart from `pick` so an
         evaluation can judge all of them: how often any is right is what a perfect reranker would reach."""
@@ -205,13 +211,13 @@ class Pipeline:
         all_prompts = [p for p in prompts for _ in range(n)]
         all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]
         all_inputs = [x for x in inputs for _ in range(n)]
-        images: list[Image.Image] = []
+        images: list[Media] = []
         for i in range(0, len(all_prompts), batch_size):
             images += self.generate(all_prompts[i:i + batch_size], all_seeds[i:i + batch_size], opts,
                                     all_inputs[i:i + batch_size])
         return [images[i:i + n] for i in range(0, len(images), n)]
 
-    def pick(self, prompts: list[str], groups: list[list[Image.Image]], clip: Any = None) -> list[Image.Image]:
+    def pick(self, prompts: list[str], groups: list[list[Media]], clip: Any = None) -> list[Media]:
         """Each prompt's candidate that the CLIP (a run directory, or a loaded scorer) rates closest to it."""
         if not clip:
             raise UserError("reranking needs a CLIP run: pass --rerank RUN (a run of `t2i train --family clip`)")
