@@ -56,7 +56,7 @@ def main() -> None:
                 zero_shot_retrieval(pipe, groups=max(args.groups // 2, 1), split="novel")),
                ("control: untrained CLIP, train split", zero_shot_retrieval(control, groups=args.groups))]
     kinds = list(results[0][1]["kinds"])
-    tc = pipe.cfg.train
+    tc = pipe.cfg.stages.clip
     rows = [f"run `{run}` (preset `{meta.get('preset')}`): {tc.steps} steps x batch {tc.batch_size}, "
             f"{meta['params']['clip'] / 1e6:.2f} M parameters", "",
             "| candidates from | queries | top-1 | top-5 | " + " | ".join(kinds) + " |",

@@ -54,7 +54,7 @@ def training_flops(run: Path, steps: int = 6, overrides: list[str] | None = None
     tok = Tokenizer.load(run / "tokenizer.json")
     ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
     stage = DiffusionStage(cfg, tok, ae, read_meta(run)["latent_scale"])
-    tc = TrainConfig(**{**cfg.train.__dict__, "steps": 10**9, "ckpt_every": 10**9, "sample_every": 0,
+    tc = TrainConfig(**{**cfg.stages.diffusion.__dict__, "steps": 10**9, "ckpt_every": 10**9, "sample_every": 0,
                         "eval_every": 0, "log_every": 10**9})
     trainer = Trainer("bench", stage, tc, run / "bench_tmp", {}, lambda s: batches(
         cfg.data, tc.batch_size, 0, tok, cfg.text.max_len), progress=False)

@@ -1,7 +1,7 @@
 """Held-out loss of a token family's transformer after N training images, for config variants on one VQ.
 
     .venv/bin/python benchmarks/probe_tokens.py --run runs/parti-quick --images 48000 \\
-        "" "train.lr=5e-3" "train.lr=5e-3,net.code_features=true"
+        "" "stages.transformer.lr=5e-3" "stages.transformer.lr=5e-3,net.code_features=true"
 
 Why: a full transformer retrain plus a 300-prompt ShapesBench takes 13 minutes and its figure moves by a few
 hundredths between seeds; the held-out loss after a fixed number of images separates learning-rate,
@@ -59,7 +59,7 @@ def probe(run: Path, variants: list[str], images: int, cache_size: int) -> list[
         torch.manual_seed(0)
         pipeline = importlib.import_module(f"t2i.families.{family.name}").Pipeline
         stage = TokenStage(pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, max_len, cfg.net.cond_drop)
-        tc = replace(cfg.train, lr_schedule="constant")  # after the warm-up: no decay to confound the comparison
+        tc = replace(cfg.stages.transformer, lr_schedule="constant")  # after the warm-up: no decay to confound the comparison
         opt = adamw(stage, tc, cpu)
         gen = torch.Generator().manual_seed(0)
         seen, step, spent, losses = 0, 0, 0.0, []
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=48000, help="training images per variant")
     ap.add_argument("--cache", type=int, default=40000, help="distinct training images (encoded once)")
     ap.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
-    ap.add_argument("variants", nargs="+", help='comma lists of overrides, e.g. "train.lr=5e-3" ("" = as is)')
+    ap.add_argument("variants", nargs="+", help='comma lists of overrides, e.g. "stages.transformer.lr=5e-3" ("" = as is)')
     args = ap.parse_args()
     rows = probe(args.run, args.variants, args.images, args.cache)
     record(f"Token transformer held-out loss probe on `{args.run}`'s VQ ({args.images} images, "

@@ -65,7 +65,7 @@ def test_clip_run_refuses_to_generate_and_bad_inputs(cli, run):
 
 def test_contrastive_training_lowers_the_loss(tmp_path):
     out = tmp_path / "learn"
-    train("clip", out, preset="tiny", overrides=["train.steps=40", "train.batch_size=16", "train.lr=3e-3"],
+    train("clip", out, preset="tiny", overrides=["stages.clip.steps=40", "stages.clip.batch_size=16", "stages.clip.lr=3e-3"],
           progress=False)
     rows = list(csv.DictReader((out / "log.csv").open()))
     first, last = float(rows[0]["loss"]), sum(float(r["loss"]) for r in rows[-5:]) / 5
@@ -138,8 +138,8 @@ def test_counterfactuals_on_data_without_ground_truth_warn_and_train_plain(tmp_p
 
 def test_counterfactual_clip_with_flattened_text_trains_end_to_end(tmp_path):
     out = tmp_path / "cf"
-    train("clip", out, preset="tiny", overrides=["train.steps=3", "train.batch_size=8", "counterfactuals=true",
-                                                 "text_pool=flatten", "text.max_len=16", "train.eval_every=3"], progress=False)
+    train("clip", out, preset="tiny", overrides=["stages.clip.steps=3", "stages.clip.batch_size=8", "counterfactuals=true",
+                                                 "text_pool=flatten", "text.max_len=16", "stages.clip.eval_every=3"], progress=False)
     clip = t2i.load(out)
     rows = list(csv.DictReader((out / "log.csv").open()))
     assert rows and float(rows[-1]["loss"]) > 0

@@ -157,7 +157,7 @@ def test_cli_generate_bad_options(cli, run, tmp_path, args, message):
 def test_tokenizer_reuse_and_its_errors(cli, run, tmp_path):
     out = tmp_path / "reuse"
     r = cli("train", "--family", "dalle", "--preset", "tiny", "--tokenizer", run, "--out", out,
-            "--set", "train.steps=2", "-q")
+            "--set", "stages.transformer.steps=2", "-q")
     assert r.returncode == 0, r.stderr
     meta = read_meta(out)
     assert meta["tokenizer_from"] == str(run)
@@ -177,8 +177,8 @@ def test_decoder_phase_fine_tunes_only_the_decoder_and_resumes(cli, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "dec"
-    r = cli("train", "--family", "dalle", "--preset", "tiny", "--out", out, "--set", "vq_decoder_train.steps=3",
-            "--set", "vq_decoder_train.log_every=1", "-q")
+    r = cli("train", "--family", "dalle", "--preset", "tiny", "--out", out, "--set", "stages.vq_decoder.steps=3",
+            "--set", "stages.vq_decoder.log_every=1", "-q")
     assert r.returncode == 0, r.stderr
     meta = read_meta(out)
     assert meta["stages_done"] == ["tokenizer", "vq", "vq_decoder", "transformer"]
@@ -191,7 +191,7 @@ def test_decoder_phase_fine_tunes_only_the_decoder_and_resumes(cli, tmp_path):
     assert r.returncode == 2 and "decoder fine-tuning (stage vq_decoder) has not finished" in r.stderr
     # Resumed after the VQ stage: the phase runs again and moves the decoder, never the encoder or codebook.
     before = load_file(str(out / "vq.safetensors"))
-    r = cli("train", "--resume", "--out", out, "--set", "train.steps=2", "-q")
+    r = cli("train", "--resume", "--out", out, "--set", "stages.transformer.steps=2", "-q")
     assert r.returncode == 0, r.stderr
     assert read_meta(out)["stages_done"][-2:] == ["vq_decoder", "transformer"]
     after = load_file(str(out / "vq.safetensors"))
@@ -205,7 +205,7 @@ def test_train_seed_reproduces_a_run_and_another_seed_changes_it(run, tmp_path):
     from safetensors.torch import load_file
 
     same = train("dalle", str(tmp_path / "same"), preset="tiny", progress=False)
-    other = train("dalle", str(tmp_path / "other"), preset="tiny", overrides=["train.seed=1"], progress=False)
+    other = train("dalle", str(tmp_path / "other"), preset="tiny", overrides=["seed=1"], progress=False)
     for part in ("vq", "transformer"):
         ref, a, b = (load_file(str(r / f"{part}.safetensors")) for r in (run, same, other))
         assert all(torch.equal(ref[k], a[k]) for k in ref), part

@@ -1,9 +1,11 @@
 """The LDM family end to end at toy size: train (all stages), resume, generate, img2img, eval, errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import t2i
@@ -119,21 +121,22 @@ def test_bad_run_directories(cli, run, tmp_path):
 
 def test_interrupted_run_resumes_to_completion(cli, tmp_path):
     out = tmp_path / "r"
-    train("ldm", str(out), preset="tiny", overrides=["train.steps=0"], progress=False)
+    train("ldm", str(out), preset="tiny", overrides=["stages.diffusion.steps=0"], progress=False)
     meta = read_meta(out)
     assert meta["stages_done"] == ["tokenizer", "autoencoder", "diffusion"]
     meta["stages_done"] = ["tokenizer", "autoencoder"]  # as if it died before the diffusion stage ended
     write_meta(out, meta)
-    r = cli("train", "--resume", "--out", out, "--set", "train.steps=3", "-q")
+    r = cli("train", "--resume", "--out", out, "--set", "stages.diffusion.steps=3", "-q")
     assert r.returncode == 0, r.stderr
     assert read_meta(out)["stages_done"][-1] == "diffusion"
-    assert "steps: 3" in (out / "config.yaml").read_text().split("\ntrain:")[1]  # the run says what it trained
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["stages"]["diffusion"]["steps"] == 3  # the run says what it trained
     assert "already holds a run" in cli("train", "--family", "ldm", "--preset", "tiny", "--out", out).stderr
 
 
 def test_training_from_an_encoded_cache(tmp_path):
     out = tmp_path / "cached"
-    train("ldm", str(out), preset="tiny", overrides=["data.cache=40", "train.eval_every=0"], progress=False)
+    train("ldm", str(out), preset="tiny", overrides=["data.cache=40", "stages.diffusion.eval_every=0"], progress=False)
     assert read_meta(out)["stages_done"][-1] == "diffusion"
     assert len(t2i.load(str(out))(["a red circle"], steps=2)) == 1
 
@@ -178,3 +181,28 @@ def test_generate_inputs_dir_runs_each_request_and_echoes_it(cli, run, tmp_path)
     (src / "index.jsonl").write_text(json.dumps({"prompt": "a red circle", "colour": "red"}) + "\n")
     r = cli("generate", run, "--inputs", src, "--out", tmp_path / "o3")
     assert r.returncode == 2 and "unknown field(s) colour" in r.stderr
+
+
+def test_a_run_made_before_stage_keyed_configs_loads_and_resumes(run, cli, tmp_path):
+    """Runs written before 2026-12 had `ae_train` / `train` (each with a seed) and `data.seed`; they must load,
+    give the same images, and resume into the new keys."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    new_cfg = yaml.safe_load((old / "config.yaml").read_text())
+    legacy = yaml.safe_load((Path(__file__).parent / "data" / "configs-2026-11" / "ldm-tiny.yaml").read_text())
+    assert "ae_train" in legacy and "stages" not in legacy and legacy["data"]["seed"] == 0
+    (old / "config.yaml").write_text(yaml.safe_dump(legacy, sort_keys=False))
+    a = t2i.load(str(run))(["a red circle"], steps=2, seed=1)[0]
+    b = t2i.load(str(old))(["a red circle"], steps=2, seed=1)[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    meta = read_meta(old)
+    meta["stages_done"] = ["tokenizer", "autoencoder"]  # resume the diffusion stage of the old run
+    write_meta(old, meta)
+    r = cli("train", "--resume", "--out", old, "--set", "stages.diffusion.steps=7", "-q")
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    assert "ae_train" not in saved and "train" not in saved and "seed" not in saved["data"]
+    assert saved["stages"]["diffusion"]["steps"] == 7 and saved["stages"] == {**new_cfg["stages"], "diffusion": {
+        **new_cfg["stages"]["diffusion"], "steps": 7}}

@@ -102,10 +102,10 @@ def test_bad_and_partial_runs(parti, tmp_path):
 
 def test_interrupted_token_run_resumes(cli, tmp_path, parti):
     out = tmp_path / "r"
-    train("parti", str(out), preset="tiny", overrides=["train.steps=0", f"tokenizer_run={parti}"], progress=False)
+    train("parti", str(out), preset="tiny", overrides=["stages.transformer.steps=0", f"tokenizer_run={parti}"], progress=False)
     meta = read_meta(out)
     meta["stages_done"] = ["tokenizer", "vq"]
     write_meta(out, meta)
-    r = cli("train", "--resume", "--out", out, "--set", "train.steps=2", "-q")
+    r = cli("train", "--resume", "--out", out, "--set", "stages.transformer.steps=2", "-q")
     assert r.returncode == 0, r.stderr
     assert read_meta(out)["stages_done"][-1] == "transformer"

@@ -12,7 +12,7 @@ from t2i.cli import main
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    train("ldm", root / "ldm", preset="tiny", overrides=["train.eval_every=0"], progress=False)
+    train("ldm", root / "ldm", preset="tiny", overrides=["stages.diffusion.eval_every=0"], progress=False)
     train("clip", root / "clip", preset="tiny", progress=False)
     return root / "ldm", root / "clip"
 

@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 
 from t2i import runtime
-from t2i.config import from_dict, load_yaml, override, save_yaml, to_dict
+from t2i.config import from_dict, override, save_yaml, to_dict
 from t2i.errors import UserError
-from t2i.families import get_family, load_run, run_family
-from t2i.train.rundir import read_meta, write_meta
+from t2i.families import get_family, load_run, read_config, run_family
+from t2i.train.rundir import write_meta
 
 
 def load(run: str | Path) -> Any:
@@ -69,6 +69,7 @@ def read_requests(directory: str | Path) -> list[dict[str, Any]]:
                 path = directory / str(row[key])
                 try:
                     with Image.open(path) as im:
+                        im.load()  # the file closes here; an RGB image would otherwise stay a lazy handle
                         files[key] = im.convert("L") if key == "mask" else from_stored(im, stored_frames(row))
                 except (OSError, ValueError) as e:
                     raise UserError(f"{where}: cannot read {key} {path}: {e}") from None
@@ -109,8 +110,13 @@ def make_config(family: str, preset: str | None = None, overrides: list[str] | N
             text = res.read_text()
         else:
             text = path.read_text()
-        _merge(data, yaml.safe_load(text) or {}, preset)
+        given = yaml.safe_load(text) or {}
+        if isinstance(given, dict):
+            fam.check_keys([f"{k}.{sub}" if isinstance(v, dict) else k for k, v in given.items()
+                            for sub in (v if isinstance(v, dict) else [None])], f"preset {preset}")
+        _merge(data, given, preset)
     cfg = from_dict(fam.config, data)
+    fam.check_keys([a.split("=", 1)[0].strip() for a in overrides or []], "--set")
     return override(cfg, overrides or [])
 
 
@@ -134,10 +140,9 @@ def train(family: str | None, out: str | Path, preset: str | None = None, data: 
         if uses:
             raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in uses)} applies to a new run; a resumed "
                             "run keeps the runs it was started with")
-        meta = read_meta(out)
-        fam = get_family(meta["family"])
-        cfg = load_yaml(fam.config, out / "config.yaml")
+        fam, cfg = read_config(out)
         if overrides:
+            fam.check_keys([a.split("=", 1)[0].strip() for a in overrides], "--set")
             cfg = override(cfg, overrides)
             if runtime.is_main():
                 save_yaml(cfg, out / "config.yaml")  # the run's config must describe what it trains

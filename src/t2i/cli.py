@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + use.name.replace("_", "-"), dest=use.name, metavar="RUN", help=use.help)
     t.add_argument("--tokenizer", metavar="RUN", help=argparse.SUPPRESS)  # deprecated: --image-tokenizer
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=200 (repeatable)")
+                   help="override a config value, e.g. --set stages.diffusion.steps=200 (repeatable)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

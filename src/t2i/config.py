@@ -94,7 +94,7 @@ def override(cfg: T, assignments: list[str]) -> T:
     data = to_dict(cfg)
     for a in assignments:
         if "=" not in a:
-            raise UserError(f"override {a!r} must look like key.sub=value (e.g. train.steps=200)")
+            raise UserError(f"override {a!r} must look like key.sub=value (e.g. stages.diffusion.steps=200)")
         key, raw = a.split("=", 1)
         node = data
         parts = key.strip().split(".")
@@ -117,7 +117,8 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping of config keys."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found")
@@ -127,4 +128,8 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         raise UserError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config keys")
-    return from_dict(cls, data)
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, read_yaml(path))

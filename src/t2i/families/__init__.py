@@ -48,9 +48,17 @@ def run_family(run: str | Path) -> Family:
     return get_family(read_meta(run).get("family", "?"))
 
 
-def load_run(run: str | Path) -> Any:
-    """A trained run, loaded by its own family: a generator's pipeline or a scorer."""
-    from t2i.config import load_yaml
+def read_config(run: str | Path) -> tuple[Family, Any]:
+    """A run's family and its `config.yaml` as that family's Config, old keys converted (`Family.upgrade`):
+    the one place a run's config is read."""
+    from t2i.config import from_dict, read_yaml
 
     family = run_family(run)
-    return family.load(Path(run), load_yaml(family.config, Path(run) / "config.yaml"))
+    path = Path(run) / "config.yaml"
+    return family, from_dict(family.config, family.upgrade(read_yaml(path), str(path)))
+
+
+def load_run(run: str | Path) -> Any:
+    """A trained run, loaded by its own family: a generator's pipeline or a scorer."""
+    family, cfg = read_config(run)
+    return family.load(Path(run), cfg)

@@ -112,6 +112,9 @@ class Family:
     tasks: tuple[str, ...] = ()
     uses: tuple[Use, ...] = ()
     summary: str = ""
+    # Config keys of runs made before stage configs were keyed by stage name: old top-level key -> stage name
+    # (e.g. {"ae_train": "autoencoder", "train": "diffusion"}); `upgrade` converts them when a run is read.
+    legacy: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -120,6 +123,42 @@ class Family:
             raise ValueError(f"family {self.name}: a generator has an Options class, a scorer none")
         if bad := set(self.tasks) - set(TASKS):
             raise ValueError(f"family {self.name}: unknown tasks {sorted(bad)}")
+
+    def upgrade(self, data: dict[str, Any], where: str) -> dict[str, Any]:
+        """A config mapping in today's keys. Until 2026-12 each stage's settings were a top-level key of their
+        own (`ae_train`, `vq_train`, `train`, ...), each with a `seed`, and `data` had one more; now they are
+        `stages.<stage>` under one top-level `seed`. Old run folders must keep loading and resuming, so the
+        old keys are moved here; the seed kept is the old `train.seed` (it seeded the weights), and a run
+        whose seeds differed is told that its data order now follows that one."""
+        old = [k for k in self.legacy if isinstance(data.get(k), dict)]
+        if not old:
+            return data
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        stages = dict(data.get("stages") or {})
+        seeds = {}
+        for key in old:
+            section = dict(data.pop(key))
+            seeds[f"{key}.seed"] = section.pop("seed", 0)
+            stages[self.legacy[key]] = section
+        data["stages"] = stages
+        if isinstance(data.get("data"), dict) and "seed" in data["data"]:
+            seeds["data.seed"] = data["data"].pop("seed")
+        data.setdefault("seed", seeds.get("train.seed", next(iter(seeds.values()))))
+        if len(set(seeds.values())) > 1:
+            log.warning("%s: an old config with several seeds (%s); every stage now follows seed %s", where,
+                        ", ".join(f"{k}={v}" for k, v in seeds.items()), data["seed"])
+        return data
+
+    def check_keys(self, keys: Sequence[str], where: str) -> None:
+        """A one-line error for a preset or `--set` that still uses a pre-2026-12 stage key."""
+        for key in keys:
+            head, _, rest = key.partition(".")
+            if head in self.legacy:
+                new = f"stages.{self.legacy[head]}" + (f".{rest}" if rest and rest != "seed" else "")
+                raise UserError(f"{where}: {key!r} is now {'seed' if rest == 'seed' else repr(new)} (stage settings "
+                                f"are keyed by stage name: {', '.join('stages.' + s for s in self.legacy.values())})")
+            if key == "data.seed":
+                raise UserError(f"{where}: 'data.seed' is now the run's one top-level 'seed'")
 
 
 # ------------------------------------------------------------------------------------------ pipeline

@@ -44,7 +44,7 @@ from t2i.nn.blocks import group_norm
 from t2i.nn.transformer import TextEncoder
 from t2i.train.data import DataConfig, batches
 from t2i.train.rundir import load_part, require_complete
-from t2i.train.stages import Stages, TextConfig, tokenizer_stage
+from t2i.train.stages import Stages, TextConfig, stage_data, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 NAME = "clip"
@@ -61,8 +61,17 @@ class ImageConfig:
 
 
 @dataclass
+class StageConfigs:
+    clip: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup=50,
+                                                                  weight_decay=0.05))
+
+
+@dataclass
 class Config:
+    """Everything that rebuilds a CLIP run; the `clip` stage's resolution is the one images are scored at."""
+
     family: str = NAME
+    seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -78,8 +87,11 @@ class Config:
     # A" is a training paraphrase of the first. Flattening keeps order, as the image tower's flattened map
     # keeps layout.
     text_pool: str = "mean"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3,
-                                                                   warmup=50, weight_decay=0.05))
+    stages: StageConfigs = field(default_factory=StageConfigs)
+
+    @property
+    def resolution(self) -> int:
+        return stage_data(self.data, self.stages.clip).resolution
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -118,7 +130,7 @@ class CLIP(nn.Module):
     def __init__(self, cfg: Config, vocab_size: int):
         super().__init__()
         t = cfg.text
-        self.image = ImageTower(cfg.image, cfg.data.resolution, cfg.embed_dim)
+        self.image = ImageTower(cfg.image, cfg.resolution, cfg.embed_dim)
         if cfg.text_pool not in ("mean", "flatten"):
             raise UserError(f"text_pool={cfg.text_pool!r} is not a pooling; use 'mean' or 'flatten'")
         self.text = TextEncoder(t.encoder(vocab_size))
@@ -161,15 +173,17 @@ class CLIPStage(nn.Module):
 # --------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     """Tokenizer, then the contrastive stage; each resumes on its own."""
-    stages = Stages(run, cfg.train.seed)
+    stages = Stages(run, cfg.seed)
     tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
+    tc = cfg.stages.clip
 
     if stages.todo("clip"):
         stage = CLIPStage(cfg, tokenizer.vocab_size)
-        per_rank = cfg.train.batch_size // runtime.world_size()
+        per_rank = tc.batch_size // runtime.world_size()
 
         def data(start: int) -> Iterator[dict[str, Any]]:
-            return batches(cfg.data, per_rank, start, tokenizer, cfg.text.max_len, counterfactuals=cfg.counterfactuals)
+            return batches(stage_data(cfg.data, tc), per_rank, start, tokenizer, cfg.text.max_len,
+                           counterfactuals=cfg.counterfactuals, seed=cfg.seed)
 
         def quick_eval(model: nn.Module, step: int) -> dict[str, float]:
             if not is_shapes(cfg.data.source):
@@ -178,7 +192,8 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             return {"retrieval_top1": zero_shot_retrieval(pipe, groups=2)["top1"],
                     "minimal_pairs": minimal_pairs(pipe, n=200)["text"]}
 
-        Trainer("clip", stage, cfg.train, run, {"clip": "clip"}, data, None, progress, evaluate=quick_eval).fit()
+        Trainer("clip", stage, tc, run, {"clip": "clip"}, data, None, progress, evaluate=quick_eval,
+                seed=cfg.seed).fit()
         stages.finish("clip", params={"clip": param_count(stage.clip)})
     return stages.meta
 
@@ -199,7 +214,7 @@ class Scorer:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.device = device or runtime.device()
         self.model = model.to(self.device).eval()
-        self.resolution = cfg.data.resolution
+        self.resolution = cfg.resolution
         self.embed_dim = cfg.embed_dim
 
     @classmethod
@@ -370,4 +385,4 @@ def minimal_pairs(pipe: Scorer, n: int = 400, seed: int = RETRIEVAL_SEED, split:
 
 
 FAMILY = base.Family(NAME, "scorer", Config, tuple(STAGES), train, Scorer.load,
-                     summary="the lab's CLIP: CLIP score, FID features, reranking")
+                     summary="the lab's CLIP: CLIP score, FID features, reranking", legacy={"train": "clip"})

@@ -111,4 +111,4 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, TokenOptions,
-                     uses=(IMAGE_TOKENIZER,), summary="DALL-E: VQ image tokens after the caption, one decoder-only transformer")
+                     uses=(IMAGE_TOKENIZER,), legacy=tokens.LEGACY, summary="DALL-E: VQ image tokens after the caption, one decoder-only transformer")

@@ -25,11 +25,12 @@ from t2i.diffusion import Schedule, training_loss
 from t2i.diffusion.generate import SampleConfig, check_sampling, denoise
 from t2i.errors import UserError
 from t2i.families import base
+from t2i.families.diffusion import image_side
 from t2i.images import grid, tensor_to_images
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train.data import DataConfig, batches
 from t2i.train.rundir import load_part, require_complete
-from t2i.train.stages import Stages
+from t2i.train.stages import Stages, stage_data
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 NAME = "ddpm"
@@ -37,8 +38,14 @@ STAGES = ["diffusion"]
 
 
 @dataclass
+class StageConfigs:
+    diffusion: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=2e-4))
+
+
+@dataclass
 class Config:
     family: str = NAME
+    seed: int = 0
     data: DataConfig = field(default_factory=lambda: DataConfig(resolution=32))
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(3, 3, channels=64, channel_mult=(1, 2, 2),
                                                                   num_res_blocks=1, attention_levels=(2,)))
@@ -46,7 +53,7 @@ class Config:
     objective: str = "eps"
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=100, sampler="ddpm", guidance=1.0,
                                                                       spacing="uniform", sigma_max=None))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=2e-4))
+    stages: StageConfigs = field(default_factory=StageConfigs)
 
 
 class DiffusionStage(nn.Module):
@@ -61,7 +68,8 @@ class DiffusionStage(nn.Module):
 
 
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
-    stages = Stages(run, cfg.train.seed)
+    stages = Stages(run, cfg.seed)
+    tc = cfg.stages.diffusion
     if stages.todo("diffusion"):
         stage = DiffusionStage(cfg)
 
@@ -69,9 +77,10 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             images = Pipeline(cfg, model.net)([""] * 8, seed=0)
             return grid(images, [f"seed {i}" for i in range(8)])
 
-        Trainer("diffusion", stage, cfg.train, run, {"unet": "net"},
-                lambda start: batches(cfg.data, cfg.train.batch_size // runtime.world_size(), start),
-                preview, progress).fit()
+        data = stage_data(cfg.data, tc)
+        Trainer("diffusion", stage, tc, run, {"unet": "net"},
+                lambda start: batches(data, tc.batch_size // runtime.world_size(), start, seed=cfg.seed),
+                preview, progress, seed=cfg.seed).fit()
         stages.finish("diffusion", params={"unet": param_count(stage.net)})
     return stages.meta
 
@@ -106,11 +115,12 @@ class Pipeline(base.Pipeline):
     def generate(self, prompts: list[str], seeds: list[int], options: base.Options,
                  inputs: list[base.Input | None]) -> list[Image.Image]:
         sc = dataclasses.replace(self.cfg.sample, steps=options.steps, sampler=options.sampler, guidance=1.0)
-        side = self.cfg.data.resolution
+        side = image_side(self.cfg)
         x = denoise(self.net, self.schedule, self.cfg.objective, seeds, (3, side, side), {}, {}, sc,
                     device=self.device)
         return tensor_to_images(x)
 
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, base.Options,
-                     summary="DDPM: an unconditional pixel-space denoiser (the survey's plain diffusion model)")
+                     summary="DDPM: an unconditional pixel-space denoiser (the survey's plain diffusion model)",
+                     legacy={"train": "diffusion"})

@@ -28,6 +28,7 @@ from t2i.families import base
 from t2i.images import images_to_tensor, tensor_to_images
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.runtime import autocast
+from t2i.train.stages import stage_data
 
 
 @dataclass
@@ -82,11 +83,16 @@ class TextDiffusionStage(nn.Module):
         return {"loss": loss.mean()}
 
 
+def image_side(cfg: Any) -> int:
+    """The side a diffusion family generates at: its `diffusion` stage's resolution (0 = the data's)."""
+    return stage_data(cfg.data, cfg.stages.diffusion).resolution
+
+
 class TextDiffusionPipeline(base.Pipeline):
     """Text -> images by guided denoising; img2img with ``inputs=[Input("img2img", image, strength=0.6)]``.
 
-    `cfg` needs `sample` (a `diffusion.generate.SampleConfig`), `diffusion`, `text.max_len` and
-    `data.resolution`. Subclasses set `shape` and override `encode` / `decode` for a latent space."""
+    `cfg` needs `sample` (a `diffusion.generate.SampleConfig`), `diffusion`, `text.max_len`, `data` and
+    `stages.diffusion` (`image_side`). Subclasses set `shape` and override `encode` / `decode` for a latent space."""
 
     tasks = ("img2img",)
 
@@ -98,7 +104,7 @@ class TextDiffusionPipeline(base.Pipeline):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        side = self.cfg.data.resolution
+        side = image_side(self.cfg)
         return (3, side, side)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -134,7 +140,7 @@ class TextDiffusionPipeline(base.Pipeline):
             cond = {"ids": ids.to(self.device), "mask": mask.to(self.device)}
             init = None
             if strength is not None:
-                side = (self.cfg.data.resolution,) * 2
+                side = (image_side(self.cfg),) * 2
                 init = self.encode(images_to_tensor([inputs[i].image.convert("RGB").resize(side) for i in idx])
                                    .to(self.device))
             x0 = denoise(self.net, self.schedule, self.cfg.diffusion.objective, [seeds[i] for i in idx], self.shape,

@@ -26,13 +26,19 @@ from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.generate import SampleConfig
 from t2i.errors import UserError
 from t2i.families import base
-from t2i.families.diffusion import DiffusionConfig, TextDenoiser, TextDiffusionPipeline, TextDiffusionStage
+from t2i.families.diffusion import (
+    DiffusionConfig,
+    TextDenoiser,
+    TextDiffusionPipeline,
+    TextDiffusionStage,
+    image_side,
+)
 from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.nn.dit import DiT, DiTConfig
 from t2i.nn.unet import UNet, UNetConfig
 from t2i.train.data import DataConfig, batches, generator_data
 from t2i.train.rundir import load_part, require_complete
-from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, take, tokenizer_stage
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, stage_data, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 NAME = "ldm"
@@ -40,10 +46,18 @@ STAGES = ["tokenizer", "autoencoder", "diffusion"]
 
 
 @dataclass
+class StageConfigs:
+    autoencoder: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=32, lr=2e-3, warmup=20))
+    diffusion: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=1e-3))
+
+
+@dataclass
 class Config:
-    """Everything that rebuilds an LDM run. unet.in/out_channels and context_dim follow the autoencoder and text."""
+    """Everything that rebuilds an LDM run. unet.in/out_channels and context_dim follow the autoencoder and text.
+    The diffusion stage's resolution is the one images are generated at."""
 
     family: str = NAME
+    seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -53,8 +67,7 @@ class Config:
     dit: DiTConfig = field(default_factory=lambda: DiTConfig(4, 4))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    ae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=32, lr=2e-3, warmup=20))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=1e-3))
+    stages: StageConfigs = field(default_factory=StageConfigs)
 
 
 def _unet_config(cfg: Config) -> UNetConfig:
@@ -66,7 +79,7 @@ def _unet_config(cfg: Config) -> UNetConfig:
 def _dit_config(cfg: Config) -> DiTConfig:
     c = cfg.autoencoder.latent_channels
     f = cfg.autoencoder.patch * 2 ** (len(cfg.autoencoder.channel_mult) - 1)
-    return dataclasses.replace(cfg.dit, in_channels=c, out_channels=c, input_size=cfg.data.resolution // f,
+    return dataclasses.replace(cfg.dit, in_channels=c, out_channels=c, input_size=image_side(cfg) // f,
                                context_dim=cfg.text.dim, pooled_dim=cfg.text.dim)
 
 
@@ -106,12 +119,14 @@ class DiffusionStage(TextDiffusionStage):
 # --------------------------------------------------------------------------------------------- train
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     """Run every stage not yet done; each one checkpoints and resumes on its own."""
-    stages = Stages(run, cfg.train.seed)
+    stages = Stages(run, cfg.seed)
     tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
+    ae_cfg, dm_cfg = cfg.stages.autoencoder, cfg.stages.diffusion
+    ae_data, dm_data = stage_data(cfg.data, ae_cfg), stage_data(cfg.data, dm_cfg)
 
     if stages.todo("autoencoder"):
         stage = AutoencoderStage(cfg)
-        fixed = images_to_tensor([s.image for s in take(cfg.data, 8)])
+        fixed = images_to_tensor([s.image for s in take(ae_data, 8, cfg.seed)])
 
         def recon(model: nn.Module, step: int) -> Image.Image:
             with torch.no_grad():
@@ -119,11 +134,11 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
                 rec = ae.decode(ae.encode(fixed.to(next(ae.parameters()).device)).mode())
             return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
 
-        Trainer("autoencoder", stage, cfg.ae_train, run, {"autoencoder": "autoencoder"},
-                lambda start: batches(cfg.data, cfg.ae_train.batch_size // runtime.world_size(), start),
-                recon, progress).fit()
+        Trainer("autoencoder", stage, ae_cfg, run, {"autoencoder": "autoencoder"},
+                lambda start: batches(ae_data, ae_cfg.batch_size // runtime.world_size(), start, seed=cfg.seed),
+                recon, progress, seed=cfg.seed).fit()
         ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
-        stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, cfg.data))
+        stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, dm_data, seed=cfg.seed))
     ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
     scale = stages.meta["latent_scale"]
 
@@ -138,18 +153,18 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
             return quick_score(Pipeline(cfg, tokenizer, ae, model.net, scale))
 
-        data = generator_data(cfg.data, cfg.train.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
-                              lambda x: ae.encode(x).mode(), progress)
-        Trainer("diffusion", stage, cfg.train, run, {"denoiser": "net"}, data, preview, progress,
-                evaluate=quick_eval).fit()
+        data = generator_data(dm_data, dm_cfg.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
+                              lambda x: ae.encode(x).mode(), progress, seed=cfg.seed)
+        Trainer("diffusion", stage, dm_cfg, run, {"denoiser": "net"}, data, preview, progress,
+                evaluate=quick_eval, seed=cfg.seed).fit()
         stages.finish("diffusion", params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
     return stages.meta
 
 
 @torch.no_grad()
-def measure_latent_scale(ae: AutoencoderKL, data: DataConfig, n: int = 512) -> float:
+def measure_latent_scale(ae: AutoencoderKL, data: DataConfig, n: int = 512, seed: int = 0) -> float:
     """LDM's scale factor: 1 / std of the latents on data, so diffusion sees unit-variance inputs."""
-    images = images_to_tensor([s.image for s in take(data, n)])
+    images = images_to_tensor([s.image for s in take(data, n, seed)])
     z = torch.cat([ae.encode(chunk).mode() for chunk in images.split(128)])
     return float(1.0 / z.float().std())
 
@@ -177,7 +192,7 @@ class Pipeline(TextDiffusionPipeline):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        side = self.cfg.data.resolution // self.autoencoder.downsample_factor
+        side = image_side(self.cfg) // self.autoencoder.downsample_factor
         return (self.cfg.autoencoder.latent_channels, side, side)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -188,4 +203,5 @@ class Pipeline(TextDiffusionPipeline):
 
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, base.Options,
-                     tasks=Pipeline.tasks, summary="Latent Diffusion: KL autoencoder + text-conditioned denoiser")
+                     tasks=Pipeline.tasks, summary="Latent Diffusion: KL autoencoder + text-conditioned denoiser",
+                     legacy={"ae_train": "autoencoder", "train": "diffusion"})

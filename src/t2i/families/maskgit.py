@@ -100,4 +100,4 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, TokenOptions,
-                     uses=(IMAGE_TOKENIZER,), summary="MaskGIT-style parallel decoding of masked image tokens (Muse-like, text-conditioned)")
+                     uses=(IMAGE_TOKENIZER,), legacy=tokens.LEGACY, summary="MaskGIT-style parallel decoding of masked image tokens (Muse-like, text-conditioned)")

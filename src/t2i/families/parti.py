@@ -105,4 +105,4 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, TokenOptions,
-                     uses=(IMAGE_TOKENIZER,), summary="Parti: a text encoder and an autoregressive image-token decoder")
+                     uses=(IMAGE_TOKENIZER,), legacy=tokens.LEGACY, summary="Parti: a text encoder and an autoregressive image-token decoder")

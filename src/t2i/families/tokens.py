@@ -5,7 +5,7 @@ which objective trains it. Everything else is the same and lives here, so each f
 network and a few lines of wiring:
 
 * stages `tokenizer` (BPE on captions) -> `vq` (the VQ image tokenizer, `t2i.codecs.vq`) -> `vq_decoder`
-  (optional: its decoder fine-tuned on frozen codes, when `vq_decoder_train.steps` > 0) -> `transformer`.
+  (optional: its decoder fine-tuned on frozen codes, when `stages.vq_decoder.steps` > 0) -> `transformer`.
   With `tokenizer_run: RUN` (CLI `--tokenizer RUN`) the first two are copied from another token-family run,
   so one trained tokenizer serves several families and comparisons share the same codes.
 * the transformer trains on a cache of pre-encoded codes (`data.cache` images through the frozen VQ
@@ -22,9 +22,10 @@ with `mask_id` (parallel, `parallel = True`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from t2i.tokens.decoding import DecodeOptions, check_decoding, sample_autoregres
 from t2i.tokens.patches import from_patches
 from t2i.train.data import DataConfig, batches, generator_data
 from t2i.train.rundir import load_part, read_meta, require_complete
-from t2i.train.stages import PREVIEW_PROMPTS, Stages, take, tokenizer_stage
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, stage_data, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, Trainer, param_count
 
 STAGES = ["tokenizer", "vq", "transformer"]
@@ -87,19 +88,28 @@ class NetConfig:
 
 
 @dataclass
+class TokenStageConfigs:
+    vq: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
+    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (DecoderStage)
+    vq_decoder: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0, ema_decay=0.0))
+    transformer: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
+
+
+LEGACY = {"vq_train": "vq", "vq_decoder_train": "vq_decoder", "train": "transformer"}  # the keys before 2026-12
+
+
+@dataclass
 class TokenConfig:
-    """Everything that rebuilds a token-family run except its network (`net`, set by the family's Config)."""
+    """Everything that rebuilds a token-family run except its network (`net`, set by the family's Config). The
+    transformer stage's resolution is the one images are generated at; the VQ stages may train at another."""
 
     family: str = ""
+    seed: int = 0
     data: DataConfig = field(default_factory=lambda: DataConfig(cache=20000))
     text: BPEConfig = field(default_factory=BPEConfig)
     vq: VQConfig = field(default_factory=VQConfig)
     sample: DecodeConfig = field(default_factory=DecodeConfig)
-    vq_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup=20))
-    # > 0: fine-tune the VQ decoder on frozen codes after the VQ stage (DecoderStage)
-    vq_decoder_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=0, batch_size=32, warmup=0,
-                                                                              ema_decay=0.0))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3))
+    stages: TokenStageConfigs = field(default_factory=TokenStageConfigs)
     tokenizer_run: str = ""  # reuse the BPE and VQ image tokenizer of this token-family run (--image-tokenizer)
 
 
@@ -173,8 +183,8 @@ class TokenStage(nn.Module):
 
 def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
     """Copy tokenizer.json and vq.safetensors from `cfg.tokenizer_run`; the run's config takes its vq shape."""
-    from t2i.config import load_yaml, save_yaml
-    from t2i.families import all_families, get_family
+    from t2i.config import save_yaml
+    from t2i.families import all_families, read_config
 
     src = Path(cfg.tokenizer_run)
     meta = read_meta(src)
@@ -182,8 +192,8 @@ def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
     if meta.get("family") not in token_families or "vq" not in meta.get("stages_done", []):
         raise UserError(f"--image-tokenizer {src}: needs a token-family run ({', '.join(token_families)}) whose vq "
                         f"stage is done; it is a {meta.get('family')!r} run with stages {meta.get('stages_done')}")
-    other = load_yaml(get_family(meta["family"]).config, src / "config.yaml")
-    if other.vq_decoder_train.steps > 0 and "vq_decoder" not in meta["stages_done"]:
+    _, other = read_config(src)
+    if other.stages.vq_decoder.steps > 0 and "vq_decoder" not in meta["stages_done"]:
         raise UserError(f"--image-tokenizer {src}: its VQ decoder fine-tuning (stage vq_decoder) has not finished; "
                         f"resume that run first (`t2i train --resume --out {src}`)")
     if runtime.is_main():
@@ -202,7 +212,7 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
 
     `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network
     to train, and an instance of it draws the previews and the training-time probe."""
-    stages = Stages(run, cfg.train.seed)
+    stages = Stages(run, cfg.seed)
     if cfg.tokenizer_run and stages.todo("tokenizer"):
         src = _reuse_tokenizer(cfg, run)
         stages.finish("tokenizer", tokenizer_from=str(src))
@@ -211,27 +221,31 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
             stages.todo(copied)
             stages.finish(copied, vq=report)
     tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
-    decoder_phase = cfg.vq_decoder_train.steps > 0 and not stages.done("transformer")
+    vq_cfg, dec_cfg, tf_cfg = cfg.stages.vq, cfg.stages.vq_decoder, cfg.stages.transformer
+    vq_data, dec_data, tf_data = (stage_data(cfg.data, c) for c in (vq_cfg, dec_cfg, tf_cfg))
+    decoder_phase = dec_cfg.steps > 0 and not stages.done("transformer")
 
-    def recon(model: nn.Module, step: int) -> Image.Image:
-        fixed = images_to_tensor([s.image for s in take(cfg.data, 8)])
-        with torch.no_grad():
-            vq = model.vq
-            rec = vq.decode(vq.encode(fixed.to(vq.quantizer.codebook.device)))
-        return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
+    def recon_of(data: DataConfig) -> Callable[[nn.Module, int], Image.Image]:
+        def recon(model: nn.Module, step: int) -> Image.Image:
+            fixed = images_to_tensor([s.image for s in take(data, 8, cfg.seed)])
+            with torch.no_grad():
+                vq = model.vq
+                rec = vq.decode(vq.encode(fixed.to(vq.quantizer.codebook.device)))
+            return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
+        return recon
 
     if stages.todo("vq"):
-        Trainer("vq", VQStage(ImageTokenizer(cfg.vq)), cfg.vq_train, run, {"vq": "vq"},
-                lambda start: batches(cfg.data, cfg.vq_train.batch_size // runtime.world_size(), start),
-                recon, progress).fit()
+        Trainer("vq", VQStage(ImageTokenizer(cfg.vq)), vq_cfg, run, {"vq": "vq"},
+                lambda start: batches(vq_data, vq_cfg.batch_size // runtime.world_size(), start, seed=cfg.seed),
+                recon_of(vq_data), progress, seed=cfg.seed).fit()
         stages.finish("vq", **({} if decoder_phase else {"vq": _vq_report(cfg, run)}))
     if decoder_phase and stages.todo("vq_decoder"):
         # Batches from past the VQ stage's samples, so the decoder also sees images the encoder never did.
-        skip = cfg.vq_train.steps * cfg.vq_train.batch_size // runtime.world_size()
-        Trainer("vq_decoder", DecoderStage(load_part(ImageTokenizer(cfg.vq), run, "vq")), cfg.vq_decoder_train,
-                run, {"vq": "vq"},
-                lambda start: batches(cfg.data, cfg.vq_decoder_train.batch_size // runtime.world_size(), skip + start),
-                recon, progress).fit()
+        skip = vq_cfg.steps * vq_cfg.batch_size // runtime.world_size()
+        Trainer("vq_decoder", DecoderStage(load_part(ImageTokenizer(cfg.vq), run, "vq")), dec_cfg, run, {"vq": "vq"},
+                lambda start: batches(dec_data, dec_cfg.batch_size // runtime.world_size(), skip + start,
+                                      seed=cfg.seed),
+                recon_of(dec_data), progress, seed=cfg.seed).fit()
         stages.finish("vq_decoder", vq=_vq_report(cfg, run))
     vq = load_part(ImageTokenizer(cfg.vq), run, "vq")
 
@@ -248,12 +262,17 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
 
             return quick_score(functools.partial(pipeline(cfg, tokenizer, vq, model.net), candidates=1))
 
-        data = generator_data(cfg.data, cfg.train.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
-                              lambda x: vq.encode(x).flatten(1), progress)
-        Trainer("transformer", stage, cfg.train, run, {"transformer": "net"}, data, preview, progress,
-                evaluate=quick_eval).fit()
+        data = generator_data(tf_data, tf_cfg.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
+                              lambda x: vq.encode(x).flatten(1), progress, seed=cfg.seed)
+        Trainer("transformer", stage, tf_cfg, run, {"transformer": "net"}, data, preview, progress,
+                evaluate=quick_eval, seed=cfg.seed).fit()
         stages.finish("transformer", params={"vq": param_count(vq), "transformer": param_count(stage.net)})
     return stages.meta
+
+
+def image_side(cfg: Any) -> int:
+    """The side a token family generates at: its transformer stage's resolution (0 = the data's)."""
+    return stage_data(cfg.data, cfg.stages.transformer).resolution
 
 
 def _vq_report(cfg: Any, run: Path) -> dict[str, float]:
@@ -262,8 +281,10 @@ def _vq_report(cfg: Any, run: Path) -> dict[str, float]:
     from t2i.eval.shapesbench import quick_score
 
     vq = load_part(ImageTokenizer(cfg.vq), run, "vq")
-    held_out = (images_to_tensor([s.image for s in chunk]) for chunk in _chunks(take(cfg.data, 1024), 256))
-    ceiling = quick_score(ReconstructionPipe(vq, cfg.data.resolution))["shapesbench"]
+    side = image_side(cfg)
+    held_out = (images_to_tensor([s.image for s in chunk])
+                for chunk in _chunks(take(dataclasses.replace(cfg.data, resolution=side), 1024, cfg.seed), 256))
+    ceiling = quick_score(ReconstructionPipe(vq, side))["shapesbench"]
     return {**codebook_usage(vq, held_out), "reconstruction_shapesbench": ceiling}
 
 
@@ -301,7 +322,7 @@ class TokenPipeline(base.Pipeline):
 
     @classmethod
     def build_net(cls, cfg: Any, tokenizer: Tokenizer, vq: ImageTokenizer) -> nn.Module:
-        side, patch = vq.grid(cfg.data.resolution), cfg.net.patch
+        side, patch = vq.grid(image_side(cfg)), cfg.net.patch
         if patch < 1 or side % patch:
             raise UserError(f"net.patch {patch} must be a positive divisor of the VQ's {side}x{side} code grid "
                             f"(1 = one code per position, 2 = 2x2 codes)")

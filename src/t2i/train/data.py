@@ -24,9 +24,11 @@ log = logging.getLogger("t2i.data")
 
 @dataclass
 class DataConfig:
+    """Where a run's images come from. Which of them it sees, in what order, follows the run's `seed`, passed
+    to every reader below (so one number reproduces a run)."""
+
     source: str = "shapes"
     resolution: int = 64
-    seed: int = 0
     shuffle: int = 0  # shuffle buffer for web data; shapes needs none
     # > 0: pass this many samples (per run, split over ranks) through the frozen first stage once and train
     # on shuffled epochs of the result. Encoding every batch anew costs as much as a small denoiser's step.
@@ -42,7 +44,7 @@ class DataConfig:
 
 
 def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokenizer | None = None,
-            max_len: int = 32, counterfactuals: bool = False) -> Iterator[dict[str, Any]]:
+            max_len: int = 32, counterfactuals: bool = False, seed: int = 0) -> Iterator[dict[str, Any]]:
     """Endless per-rank batches {image, ids, mask, caption}, beginning after `start` samples of this rank.
 
     Finite sources repeat with a new shuffle seed per epoch; shapes is endless and index-addressed, so a
@@ -56,7 +58,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     epoch, skip = 0, start
     warned = False
     while True:
-        stream = open_source(spec, resolution=cfg.resolution, seed=cfg.seed + epoch, shuffle=cfg.shuffle,
+        stream = open_source(spec, resolution=cfg.resolution, seed=seed + epoch, shuffle=cfg.shuffle,
                              rank=rank, world_size=world, start=skip if endless else 0)
         if not endless and skip:
             stream = islice(stream, skip, None)
@@ -67,7 +69,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
                 break
             got += len(chunk)
             if counterfactuals:
-                pairs = (counterfactual(s, random.Random(f"counterfactual:{cfg.seed + epoch}:{s.key}")) for s in chunk)
+                pairs = (counterfactual(s, random.Random(f"counterfactual:{seed + epoch}:{s.key}")) for s in chunk)
                 found = [p for p in pairs if p is not None]
                 if not found and not warned:
                     log.warning("counterfactuals are on but %s's samples carry no shapes ground truth (a canonical "
@@ -86,13 +88,13 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
         epoch += 1
 
 
-def captions(cfg: DataConfig, n: int) -> list[str]:
+def captions(cfg: DataConfig, n: int, seed: int = 0) -> list[str]:
     """The first n captions of the source (for training the tokenizer)."""
-    return [s.caption for s in open_source(cfg.source, resolution=cfg.resolution, seed=cfg.seed, n=n)]
+    return [s.caption for s in open_source(cfg.source, resolution=cfg.resolution, seed=seed, n=n)]
 
 
 def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Tokenizer,
-                 max_len: int, chunk: int = 256, progress: bool = True) -> dict[str, torch.Tensor]:
+                 max_len: int, chunk: int = 256, progress: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
     """This rank's share of `cfg.cache` samples, encoded once: {"latent", "ids", "mask"} tensors.
 
     Encoding runs under bf16 autocast with channels_last inputs where the device supports bf16 (as the
@@ -102,7 +104,7 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
     if n < 1:
         raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {runtime.world_size()} ranks")
     parts: dict[str, list[torch.Tensor]] = {"latent": [], "ids": [], "mask": []}
-    src = batches(cfg, min(chunk, n), 0, tokenizer, max_len)
+    src = batches(cfg, min(chunk, n), 0, tokenizer, max_len, seed=seed)
     done = 0  # counted here: a disabled tqdm bar does not count
     with torch.no_grad(), tqdm(total=n, desc="encoding cache", unit="img", disable=not progress) as bar:
         while done < n:
@@ -135,7 +137,7 @@ def cached_batches(cache: dict[str, torch.Tensor], batch_size: int, start: int =
 
 
 def generator_data(cfg: DataConfig, batch_size: int, tokenizer: Tokenizer, max_len: int,
-                   encode: Callable[[torch.Tensor], torch.Tensor], progress: bool = True
+                   encode: Callable[[torch.Tensor], torch.Tensor], progress: bool = True, seed: int = 0
                    ) -> Callable[[int], Iterator[dict[str, Any]]]:
     """The data factory of a stage that trains on a frozen codec's outputs (latents, codes).
 
@@ -144,6 +146,6 @@ def generator_data(cfg: DataConfig, batch_size: int, tokenizer: Tokenizer, max_l
     otherwise images stream and the stage encodes them itself. Either way `factory(start)` resumes exactly.
     """
     if not cfg.cache:
-        return lambda start: batches(cfg, batch_size, start, tokenizer, max_len)
-    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and runtime.is_main())
-    return lambda start: cached_batches(cache, batch_size, start, cfg.seed)
+        return lambda start: batches(cfg, batch_size, start, tokenizer, max_len, seed=seed)
+    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and runtime.is_main(), seed=seed)
+    return lambda start: cached_batches(cache, batch_size, start, seed)

@@ -7,6 +7,7 @@ stage. Keeping that here means a family file only says what each stage trains.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from t2i.data.tokenizer import Tokenizer
 from t2i.nn.transformer import TextEncoderConfig
 from t2i.train.data import DataConfig, captions
 from t2i.train.rundir import read_meta, write_meta
+from t2i.train.trainer import TrainConfig
 
 PREVIEW_PROMPTS = ["a red circle", "a large blue square", "a green triangle and a yellow circle",
                    "a red circle left of a blue square", "three purple circles", "a small orange triangle",
@@ -47,7 +49,7 @@ class Stages:
 
     `todo` also seeds torch's global generator from the run's `seed` and the stage's name, just before the
     family builds that stage's model: without it every run drew its initial weights at random, so
-    `train.seed` did not reproduce a run (two VQ runs with the same seed, identical for their first 100
+    the seed did not reproduce a run (two VQ runs with the same seed, identical for their first 100
     steps by construction, already logged different losses at step 10); seeding by name also keeps a
     stage's weights independent of how many random numbers earlier stages used.
     Only rank 0 writes; every rank waits at a barrier so none starts the next stage on stale files.
@@ -86,14 +88,20 @@ def tokenizer_stage(stages: Stages, data: DataConfig, n_captions: int, vocab_siz
     """The first stage of every text-conditioned family: byte-level BPE trained on the run's captions."""
     if stages.todo("tokenizer"):
         if runtime.is_main():
-            Tokenizer.train(captions(data, n_captions), vocab_size).save(stages.run)
+            Tokenizer.train(captions(data, n_captions, stages.seed), vocab_size).save(stages.run)
         runtime.barrier()
         stages.finish("tokenizer")
     return Tokenizer.load(stages.run / "tokenizer.json")
 
 
-def take(data: DataConfig, n: int) -> list:
-    """`n` samples from a seed no training run reads: fixed inputs for previews and measurements."""
+def stage_data(data: DataConfig, stage: TrainConfig) -> DataConfig:
+    """The data one stage trains on: the run's source at the stage's own `resolution` when it sets one."""
+    return dataclasses.replace(data, resolution=stage.resolution or data.resolution)
+
+
+def take(data: DataConfig, n: int, seed: int = 0) -> list:
+    """`n` samples from a seed no training run reads (the run's seed + 10,000): fixed inputs for previews and
+    measurements."""
     from t2i.data.sources import open_source
 
-    return list(open_source(data.source, resolution=data.resolution, seed=data.seed + 10_000, n=n))
+    return list(open_source(data.source, resolution=data.resolution, seed=seed + 10_000, n=n))

@@ -33,7 +33,9 @@ from t2i.errors import UserError
 
 @dataclass
 class TrainConfig:
-    """One stage's optimisation settings. `batch_size` is global: DDP ranks split it."""
+    """One stage's settings: a family's `stages.<name>`. `batch_size` is global: DDP ranks split it. `resolution`
+    lets a stage train at its own image side (a cascade's 32 px base beside its 64 px upsampler); 0 means the
+    run's `data.resolution`. Seeds are not here: the run's one top-level `seed` covers every stage."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -52,8 +54,8 @@ class TrainConfig:
     sample_every: int = 0
     eval_every: int = 0  # run the family's quick evaluation (e.g. ShapesBench on 100 prompts) into eval.csv
     log_every: int = 10
-    seed: int = 0
     tensorboard: bool = False
+    resolution: int = 0
 
 
 def adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -81,14 +83,15 @@ class Trainer:
     """Trains one stage of a run. `parts` names the submodules saved as `<name>.safetensors` (EMA weights).
 
     `data(start)` returns an iterator of per-rank batches (dicts of tensors) beginning after `start` samples
-    of this rank's stream; `sample(ema_model, step)` returns a PIL image saved under samples/.
+    of this rank's stream; `sample(ema_model, step)` returns a PIL image saved under samples/. `seed` (the
+    run's) seeds the stage's own randomness (noise levels, dropout masks) per rank.
     """
 
     def __init__(self, stage: str, model: nn.Module, cfg: TrainConfig, run_dir: str | Path,
                  parts: dict[str, str], data: Callable[[int], Iterator[dict[str, Any]]],
                  sample: Callable[[nn.Module, int], Any] | None = None, progress: bool = True,
                  device: torch.device | None = None,
-                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> None:
+                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None, seed: int = 0) -> None:
         self.stage, self.cfg, self.dir = stage, cfg, Path(run_dir)
         self.parts, self.data_fn, self.sample_fn, self.progress = parts, data, sample, progress
         self.eval_fn = evaluate
@@ -106,7 +109,7 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
                     if self.world > 1 else model)
         self.opt = adamw(model, cfg, self.device)
-        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
+        self.gen = torch.Generator(self.device).manual_seed(seed * 1000 + self.rank)
         self.step, self.samples_seen, self.elapsed = 0, 0, 0.0
         self.state_path = self.dir / "train_state.pt"
 
