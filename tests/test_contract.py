@@ -10,7 +10,8 @@ from t2i.api import load, load_generator, train
 from t2i.errors import UserError
 from t2i.eval.shapesbench import score_image
 from t2i.families import FAMILIES, all_families, get_family
-from t2i.families.base import TASKS, Family, Input, Options
+from t2i.families.base import CLIP_TASKS, TASKS, Family, Input, Options
+from t2i.images import Clip
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -69,7 +70,8 @@ def test_tasks_a_family_cannot_do_name_the_families_that_can(trained):
     for task in TASKS:
         if task in fam.tasks:
             continue
-        inp = Input(task, Image.new("RGB", (64, 64)), Image.new("L", (64, 64)))
+        image = Image.new("RGB", (64, 64))
+        inp = Input(task, Clip((image,) * 2) if task in CLIP_TASKS else image, Image.new("L", (64, 64)))
         with pytest.raises(UserError, match=f"task {task} is not supported by {fam.name} runs"):
             pipe(["a red circle"], inputs=[inp], candidates=1)
 
