@@ -60,7 +60,11 @@ def test_truncation_keeps_eos_counts_and_warns(tok, caplog):
     with caplog.at_level(logging.WARNING, logger="t2i.text"):
         ids, mask = tok.encode(["a red circle left of a blue square", "a red circle"], max_len=5)
     assert tok.last_truncated == 1
-    assert "truncated" in caplog.text and "max_len=5" in caplog.text
+    assert "were cut" in caplog.text and "max_len=5" in caplog.text and "byte tokens" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="t2i.text"):
+        tok.encode(["🔴🔵🟢 circle " * 3], max_len=8)  # emoji: many byte tokens each, said as such
+    assert "emoji or non-Latin script, cost up to 4 byte tokens each" in caplog.text
     assert ids[0].tolist()[0] == BOS_ID and ids[0].tolist()[-1] == EOS_ID and mask[0].all()
     assert tok.decode(ids[0]) == "a red circle"
     assert tok.decode(ids[1]) == "a red circle"

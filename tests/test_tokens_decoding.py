@@ -56,14 +56,14 @@ def test_guidance_on_logits():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"top_k": 0}, "--top-k must be a positive"),
-    ({"top_k": -3}, "--top-k must be a positive"),
-    ({"top_p": 0.0}, "--top-p must be in (0, 1]"),
-    ({"top_p": 1.5}, "--top-p must be in (0, 1]"),
-    ({"temperature": 0.0}, "--temperature must be > 0"),
-    ({"temperature": -1.0}, "--temperature must be > 0"),
-    ({"guidance": -1.0}, "--guidance must be >= 0"),
-    ({"steps": 0}, "--steps must be at least 1"),
+    ({"top_k": 0}, "top_k must be a positive"),
+    ({"top_k": -3}, "top_k must be a positive"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+    ({"temperature": 0.0}, "temperature must be > 0"),
+    ({"temperature": -1.0}, "temperature must be > 0"),
+    ({"guidance": -1.0}, "guidance must be >= 0"),
+    ({"steps": 0}, "steps must be at least 1"),
 ])
 def test_bad_options_are_one_line_errors(kwargs, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as e:

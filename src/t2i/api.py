@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -9,10 +14,10 @@ from typing import Any
 import yaml
 
 from t2i import runtime
-from t2i.config import from_dict, override, save_yaml, to_dict
+from t2i.config import check_config, from_dict, override, save_yaml, to_dict
 from t2i.errors import UserError
 from t2i.families import get_family, load_run, read_config, run_family
-from t2i.train.rundir import write_meta
+from t2i.train.rundir import RunLock, now_iso, process_age, read_meta, write_meta
 
 
 def load(run: str | Path) -> Any:
@@ -130,48 +135,131 @@ def _merge(base: dict, new: dict, where: str) -> None:
 
 def train(family: str | None, out: str | Path, preset: str | None = None, data: str | None = None,
           overrides: list[str] | None = None, resume: bool = False, progress: bool = True,
-          uses: dict[str, str] | None = None) -> Path:
+          uses: dict[str, str] | None = None, redo: str | None = None) -> Path:
     """Train every stage of a family into `out`. A new run refuses an existing folder unless `resume`.
 
-    `uses` names other runs the family builds on (`Family.uses`, e.g. ``{"image_tokenizer": "runs/dalle"}``)."""
+    `uses` names other runs the family builds on (`Family.uses`, e.g. ``{"image_tokenizer": "runs/dalle"}``).
+    Everything is checked before anything is written: the whole config, the data (it must yield captioned
+    samples), the runs it uses, and on a resume which changes are allowed (`t2i.train.resume`). A new run
+    that fails a check leaves no folder; one that fails while training says how to continue or start over.
+    One trainer at a time holds a run (`run.lock`). `redo` (with `resume`) trains a finished stage and every
+    later one again, e.g. to rebuild a lost weight file."""
     runtime.init()
     out = Path(out)
     if resume:
-        if uses:
-            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in uses)} applies to a new run; a resumed "
-                            "run keeps the runs it was started with")
-        fam, cfg = read_config(out)
-        if overrides:
-            fam.check_keys([a.split("=", 1)[0].strip() for a in overrides], "--set")
-            cfg = override(cfg, overrides)
-            if runtime.is_main():
-                save_yaml(cfg, out / "config.yaml")  # the run's config must describe what it trains
-            runtime.barrier()
+        fam, cfg, changes, meta = _check_resume(out, family, preset, data, overrides, uses, redo)
     else:
-        if (out / "run.json").exists():
-            raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        fam = get_family(family or "")
-        extra = []
-        for name, run in (uses or {}).items():
-            use = next((u for u in fam.uses if u.name == name), None)
-            if use is None:
-                from t2i.families import all_families
-
-                takers = ", ".join(f.name for f in all_families() if any(u.name == name for u in f.uses))
-                raise UserError(f"--{name.replace('_', '-')} does not apply to {fam.name} runs (it is for "
-                                f"{takers or 'no family'})")
-            extra.append(f"{use.key}={run}")
-        cfg = make_config(fam.name, preset, (overrides or []) + extra + ([f"data.source={data}"] if data else []))
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out} exists and is not empty; choose a new --out (t2i never overwrites files)")
-        runtime.barrier()
+        if redo:
+            raise UserError("redo applies to a resumed run (t2i train --resume --out RUN --redo STAGE)")
+        fam, cfg = _check_new(out, family, preset, data, overrides, uses)
+        changes, meta = {}, {"family": fam.name, "preset": preset, "stages_done": []}
+    with _claim(out, create=not resume):
         if runtime.is_main():
-            out.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, out / "config.yaml")
-            write_meta(out, {"family": fam.name, "preset": preset, "stages_done": []})
+            if not resume:
+                save_yaml(cfg, out / "config.yaml")
+            elif changes:
+                save_yaml(cfg, out / "config.yaml")  # the run's config must describe what it trains
+            meta.setdefault("invocations", []).append(
+                {"started": now_iso(), "resume": resume, "changes": changes, "pid": os.getpid(),
+                 "host": socket.gethostname(), "world_size": runtime.world_size(), "seconds": 0.0})
+            write_meta(out, meta)
         runtime.barrier()
-    fam.train(cfg, out, progress)
+        try:
+            final = fam.train(cfg, out, progress)
+            if runtime.is_main() and final.get("invocations"):  # the time after the last stage counts too
+                final["invocations"][-1]["seconds"] = round(process_age(), 2)
+                write_meta(out, final)
+        except UserError as e:
+            raise UserError(f"{e} -- the run in {out} is kept: fix that, then continue it with `t2i train --resume "
+                            f"--out {out}`, or start over (rm -r {out})") from None
+        except BaseException:
+            if not isinstance(sys.exc_info()[1], KeyboardInterrupt | SystemExit):
+                print(f"t2i: training stopped by an internal error; the run in {out} is kept: `t2i train --resume "
+                      f"--out {out}` continues from its last checkpoint", file=sys.stderr)
+            raise
     return out
 
 
-__all__ = ["load", "load_generator", "make_config", "preset_names", "read_requests", "train"]
+def _check_new(out: Path, family: str | None, preset: str | None, data: str | None,
+               overrides: list[str] | None, uses: dict[str, str] | None) -> tuple[Any, Any]:
+    if (out / "run.json").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out (t2i never overwrites files)")
+    fam = get_family(family or "")
+    extra = []
+    for name, run in (uses or {}).items():
+        use = next((u for u in fam.uses if u.name == name), None)
+        if use is None:
+            from t2i.families import all_families
+
+            takers = ", ".join(f.name for f in all_families() if any(u.name == name for u in f.uses))
+            raise UserError(f"--{name.replace('_', '-')} does not apply to {fam.name} runs (it is for "
+                            f"{takers or 'no family'})")
+        extra.append(f"{use.key}={run}")
+    cfg = make_config(fam.name, preset, (overrides or []) + extra + ([f"data.source={data}"] if data else []))
+    _check_config(fam, cfg)
+    return fam, cfg
+
+
+def _check_config(fam: Any, cfg: Any) -> None:
+    """Every config dataclass's own rules (`validate`, the family's Config included: choices across fields,
+    the runs it uses), and data that yields captioned samples."""
+    from t2i.train.data import check_readable
+
+    check_config(cfg)
+    check_readable(cfg.data)
+
+
+def _check_resume(out: Path, family: str | None, preset: str | None, data: str | None,
+                  overrides: list[str] | None, uses: dict[str, str] | None, redo: str | None
+                  ) -> tuple[Any, Any, dict, dict]:
+    from t2i.train.resume import plan_resume
+
+    if uses:
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in uses)} applies to a new run; a resumed "
+                        "run keeps the runs it was started with")
+    fam, old = read_config(out)
+    meta = read_meta(out)
+    for flag, given, have in (("--family", family, fam.name), ("--preset", preset, meta.get("preset")),
+                              ("--data", data, old.data.source)):
+        if given is not None and given != have:
+            raise UserError(f"{flag} {given} does not match the run in {out} ({have}); a resumed run keeps its "
+                            f"family, preset and data: drop {flag}, or start a new run")
+    cfg = old
+    if overrides:
+        fam.check_keys([a.split("=", 1)[0].strip() for a in overrides], "--set")
+        cfg = override(old, overrides)
+        _check_config(fam, cfg)
+    changes, reopen = plan_resume(out, old, cfg, meta)
+    done = meta.setdefault("stages_done", [])
+    if redo is not None:
+        if redo not in done:
+            raise UserError(f"--redo {redo}: not a finished stage of {out} (finished: {', '.join(done) or 'none'})")
+        gone = done[done.index(redo):]
+        del done[done.index(redo):]
+        (out / "train_state.pt").unlink(missing_ok=True)  # the redone stage starts from scratch
+        changes["redo"] = gone
+    for stage in reopen:
+        done.remove(stage)
+    if reopen:
+        changes["reopened"] = reopen
+    return fam, cfg, changes, meta
+
+
+@contextlib.contextmanager
+def _claim(out: Path, create: bool) -> Iterator[None]:
+    """Rank 0 holds the run lock for the whole training; the others wait for it at a barrier."""
+    if not runtime.is_main():
+        runtime.barrier()
+        yield
+        return
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        if create and (out / "run.json").exists():  # another command made a run here meanwhile
+            raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        runtime.barrier()
+        yield

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from t2i.errors import UserError
+from t2i.errors import OptionError, UserError
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -80,8 +80,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.tokenizer:  # the old name of --image-tokenizer
         print("t2i: --tokenizer is deprecated; use --image-tokenizer RUN", file=sys.stderr)
         uses.setdefault("image_tokenizer", args.tokenizer)
+    if args.redo and not args.resume:
+        raise UserError("--redo STAGE retrains a stage of an existing run: add --resume")
     out = train(args.family, args.out, preset=args.preset, data=args.data, overrides=list(args.set),
-                resume=args.resume, progress=not args.quiet, uses=uses)
+                resume=args.resume, progress=not args.quiet, uses=uses, redo=args.redo)
     from t2i.families import run_family
 
     if run_family(out).kind == "scorer":
@@ -127,14 +129,26 @@ def _given_options(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> None:
     from t2i.api import load_generator, read_requests
     from t2i.eval.runs import generate_batched
-    from t2i.eval.shapesbench import write_images
-    from t2i.families.base import Input
+    from t2i.eval.shapesbench import prepare_folder, write_images
+    from t2i.families.base import Input, check_seeds
     from t2i.images import grid, save_media
 
     if sum(x is not None for x in (args.prompt, args.prompts_file, args.inputs)) != 1:
         raise UserError("give one of: a prompt, --prompts-file FILE, --inputs DIR")
     if args.n < 1 or args.per_prompt < 1:
         raise UserError("-n and --per-prompt must be at least 1")
+    if args.strength is not None and not args.init_image:
+        raise UserError("--strength sets how much of --init-image to keep; give --init-image too (with --inputs, "
+                        "put `strength` in each request)")
+    if args.prompts_file or args.inputs:  # the output is checked before anything is generated
+        prepare_folder(args.out, args.overwrite)
+    else:
+        out = Path(args.out)
+        if out.is_dir() or out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            raise UserError(f"--out {out}: one prompt writes one image file; give a name ending in .png, .jpg or "
+                            ".webp (a folder is for --prompts-file / --inputs)")
+        if out.exists() and not args.overwrite:
+            raise UserError(f"--out {out} exists; choose another name or pass --overwrite")
     init = None
     if args.init_image:  # sugar for one img2img request per image drawn
         if args.inputs:
@@ -143,7 +157,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
         try:
             with Image.open(args.init_image) as im:
-                init = Input("img2img", im.convert("RGB"), strength=args.strength)
+                init = Input("img2img", im.convert("RGB"), strength=0.6 if args.strength is None else args.strength)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read --init-image {args.init_image}: {e}") from None
     extras: list[dict] | None = None
@@ -157,6 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     else:
         prompts = [args.prompt] * args.n
         seeds, inputs = [args.seed + i for i in range(args.n)], [init] * args.n
+    check_seeds(seeds)
     pipe = load_generator(args.run)
     options = pipe.options(**_given_options(args))  # every option checked before anything is generated
     images = generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, options=options, inputs=inputs)
@@ -300,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="a preset name (e.g. quick) or a YAML file")
     t.add_argument("--data", help="data source (default: the preset's, usually shapes)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (schedule changes only: more "
+                   "steps, ckpt_every, ...; see README, Resuming)")
+    t.add_argument("--redo", metavar="STAGE", help="with --resume: train this finished stage and every later one "
+                   "again (rebuilds a lost weight file)")
     for use in _uses():
         t.add_argument("--" + use.name.replace("_", "-"), dest=use.name, metavar="RUN", help=use.help)
     t.add_argument("--tokenizer", metavar="RUN", help=argparse.SUPPRESS)  # deprecated: --image-tokenizer
@@ -329,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "image, mask, strength}); writes a ShapesBench folder to --out, each row's fields echoed")
     g.add_argument("--per-prompt", type=int, default=1)
     g.add_argument("--init-image", help="img2img: start from this image (for the families whose tasks have it)")
-    g.add_argument("--strength", type=float, default=0.6, help="img2img: fraction of the noise schedule to run")
+    g.add_argument("--strength", type=float, help="img2img: fraction of the noise schedule to run (default 0.6)")
+    g.add_argument("--overwrite", action="store_true", help="replace the images already in --out")
     g.add_argument("--out", required=True)
     g.add_argument("--gif", action="store_true", help="also write a GIF beside each generated clip (families "
                    "that make video; a clip's PNG strip is always written)")
@@ -375,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
+    except OptionError as e:  # the same check as the API's, named by the CLI's flag
+        print(f"t2i: error: {e.as_flag()}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"t2i: error: {e}", file=sys.stderr)
         return 2

@@ -133,3 +133,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, read_yaml(path))
+
+
+def check_config(cfg: Any, where: str = "") -> None:
+    """Every value of a config checked before anything trains: each nested dataclass that defines
+    `validate(where)` checks its own fields, naming them by their dotted path (`stages.diffusion.steps`).
+    A value that is wrong fails here in a second, not after the stages before it trained for an hour."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_config(value, f"{where}{f.name}.")
+    if hasattr(cfg, "validate"):
+        cfg.validate(where)
+
+
+def require(ok: bool, where: str, key: str, rule: str, value: Any) -> None:
+    """One config rule: a `UserError` naming the key, the rule and the value given."""
+    if not ok:
+        raise UserError(f"{where}{key} {rule}, got {value!r}")

@@ -383,6 +383,7 @@ def open_source(
     split: str = "train",
     stats: SkipStats | None = None,
     start: int = 0,
+    log_skips: bool = True,
 ) -> Iterator[Sample]:
     """Every source as one stream of RGB `resolution`-square samples, so no caller cares where data lives.
 
@@ -391,7 +392,8 @@ def open_source(
     over all consumers (each yields its share), so it means the same on 1 or 8 GPUs. `shuffle` is a buffer
     size and also shuffles the unit order; 0 keeps source order. Skips are counted in `stats` and logged.
     `start` skips that many records of this consumer's stream before decoding any (shapes jumps straight
-    there): a resumed training run continues with the data it would have seen.
+    there): a resumed training run continues with the data it would have seen. `log_skips=False` keeps the
+    skip summary out of the log (a training loop reading a source once per epoch says it once).
     """
     if shuffle < 0:
         raise UserError(f"shuffle is a buffer size (0 = off), got {shuffle}")
@@ -425,7 +427,7 @@ def open_source(
                 stats.yielded += 1
                 yield sample
         finally:
-            if stats.total:
+            if stats.total and log_skips:
                 log.warning("%s: %s", spec, stats)
 
     return stream(stats)

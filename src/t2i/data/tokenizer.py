@@ -124,8 +124,11 @@ class Tokenizer:
             mask[i, : len(row)] = True
         self.last_truncated = len(cut)
         if cut:
-            log.warning("%d of %d texts were longer than max_len=%d tokens and were truncated, e.g. %r",
-                        len(cut), len(texts), max_len, cut[0])
+            example = cut[0] if len(cut[0]) <= 60 else cut[0][:57] + "..."
+            rare = " (characters unlike the training captions', emoji or non-Latin script, cost up to 4 byte " \
+                "tokens each)" if any(ord(c) > 127 for c in cut[0]) else ""
+            log.warning("%d of %d texts were longer than the model's text limit (max_len=%d tokens) and were cut, "
+                        "e.g. %r%s", len(cut), len(texts), max_len, example, rare)
         return ids, mask
 
     def decode(self, ids: Tensor | Sequence[int]) -> str:

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from t2i.config import require
 from t2i.diffusion.guidance import CFGDenoiser
 from t2i.diffusion.objectives import Denoiser
 from t2i.diffusion.samplers import get_sampler
 from t2i.diffusion.schedules import Schedule, schedule_sigmas
-from t2i.errors import UserError
+from t2i.errors import OptionError, UserError
 from t2i.runtime import autocast
 
 
@@ -38,14 +39,28 @@ class SampleConfig:
     candidates: int = 1  # images drawn per prompt, the best kept by the `rerank` CLIP run
     rerank: str = ""  # a lab CLIP run directory for reranking; empty = reranking off
 
+    def validate(self, where: str) -> None:
+        try:
+            check_sampling(self.steps, self.guidance, self.sampler)
+        except OptionError as e:  # named as the config key, not the CLI flag
+            raise UserError(f"{where}{e}") from None
+        require(self.spacing in ("uniform", "karras"), where, "spacing", "must be uniform or karras", self.spacing)
+        require(self.sigma_max is None or (math.isfinite(self.sigma_max) and self.sigma_max > 0), where, "sigma_max",
+                "must be a positive number or null", self.sigma_max)
+        require(self.threshold is None or 0 < self.threshold <= 1, where, "threshold", "must be in (0, 1] or null",
+                self.threshold)
+        require(self.precision in ("auto", "bf16", "fp32"), where, "precision", "must be auto, bf16 or fp32",
+                self.precision)
+        require(self.candidates >= 1, where, "candidates", "must be >= 1", self.candidates)
+
 
 def check_sampling(steps: int, guidance: float, sampler: str, strength: float = 1.0) -> None:
     if steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
+        raise OptionError("steps", f"must be at least 1, got {steps}")
     if not (math.isfinite(guidance) and guidance >= 0):
-        raise UserError(f"--guidance must be >= 0 and finite (1 = no guidance, 0 = unconditional), got {guidance}")
+        raise OptionError("guidance", f"must be >= 0 and finite (1 = no guidance, 0 = unconditional), got {guidance}")
     if not 0 < strength <= 1:
-        raise UserError(f"--strength must be in (0, 1], got {strength}")
+        raise OptionError("strength", f"must be in (0, 1], got {strength}")
     get_sampler(sampler)
 
 
@@ -82,6 +97,6 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
 
     model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, cfg.threshold)
     # Ancestral samplers' noise, one generator per image: an image depends on its seed, not on its batch.
-    gen = [torch.Generator(device).manual_seed(s * 7919 + 1) for s in seeds]
+    gen = [torch.Generator(device).manual_seed((s * 7919 + 1) % 2**63) for s in seeds]
     return get_sampler(cfg.sampler)(model, x, sigmas, extra_args={"cond": cond, "uncond": uncond},
                                     callback=callback, disable=True, generator=gen)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import trange
 
-from t2i.errors import UserError
+from t2i.errors import OptionError
 
 Model = Callable[..., Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -259,7 +259,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 def get_sampler(name: str) -> Callable[..., Tensor]:
     """The sampler function registered under `name`; a `UserError` naming the valid ones otherwise."""
     if name not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise OptionError("sampler", f"{name!r} is unknown; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 

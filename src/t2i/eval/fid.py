@@ -84,9 +84,18 @@ def feature_stats(features: Any) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+SMALL_SAMPLE = 1000  # below this many images FID's bias dominates differences between models
+
+
 def fid_from_features(real: Any, fake: Any) -> float:
-    """FID between two (N, D) feature sets."""
+    """FID between two (N, D) feature sets. FID is biased upward at small N (the covariance estimate's
+    error adds to it), so a figure from a few hundred images is comparable only to one from as many; the
+    warning says so where it is easy to miss."""
     real, fake = _check_features(real, "real"), _check_features(fake, "generated")
+    n = min(len(real), len(fake))
+    if n < SMALL_SAMPLE:
+        log.warning("FID from %d images is biased upward and noisy; compare it only with FIDs of the same number of "
+                    "images (>= %d for a usable figure, 10,000+ is the papers' custom)", n, SMALL_SAMPLE)
     return frechet_distance(*feature_stats(real), *feature_stats(fake))
 
 

@@ -10,13 +10,17 @@ from typing import Any
 
 from tqdm import tqdm
 
+from t2i.errors import OptionError
 from t2i.eval.shapesbench import format_table, score_dir, spread_prompts, write_images
+from t2i.families.base import check_seeds
 
 
 def generate_batched(pipe: Any, prompts: list[str], seeds: list[int], batch_size: int = 64,
                      progress: bool = True, desc: str = "generating", method: str = "__call__",
                      inputs: list[Any] | None = None, **kwargs: Any) -> list[Any]:
     """`pipe.<method>` over many prompts in batches of `batch_size`, with a progress bar and ETA."""
+    if batch_size < 1:
+        raise OptionError("batch_size", f"must be at least 1, got {batch_size}")
     fn = getattr(pipe, method)
     out: list[Any] = []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
@@ -63,6 +67,9 @@ def evaluate(run: str | Path, seed: int = 0, limit: int | None = None, batch_siz
     options = pipe.picking(pipe.options(**given))
     prompts = spread_prompts(limit)  # a partial evaluation still covers every kind
     seeds = [seed + i for i in range(len(prompts))]
+    check_seeds(seeds)
+    if batch_size < 1:
+        raise OptionError("batch_size", f"must be at least 1, got {batch_size}")
     n = options.candidates
     t0 = time.perf_counter()
     if n > 1:  # reranked: keep every candidate, to report how often any of them is right

@@ -490,6 +490,26 @@ def soften(image: Image.Image | np.ndarray, sigma: float, rng: np.random.Generat
 
 
 # ------------------------------------------------------------------------------------------- write
+GENERATED = ("index.jsonl", "shapesbench*.json", "[0-9][0-9][0-9][0-9][0-9].png", "[0-9][0-9][0-9][0-9][0-9].gif")
+
+
+def prepare_folder(directory: str | Path, overwrite: bool = False) -> Path:
+    """Check an output folder before anything is generated, so no work is thrown away at the end: it must
+    not be a file, and one that already holds generated images is refused (their index would no longer
+    list them all) unless `overwrite`, which removes exactly those files first."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--out {directory} is a file; give a folder (it gets index.jsonl and one PNG per image)")
+    old = sorted({f for pattern in GENERATED for f in directory.glob(pattern)}) if directory.is_dir() else []
+    if old and not overwrite:
+        raise UserError(f"--out {directory} already holds generated images ({len(old)} files, e.g. {old[0].name}); "
+                        "choose another folder, or pass --overwrite to replace them")
+    for f in old:
+        f.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def write_images(directory: str | Path, items: Iterable[tuple[Any, str, int]],
                  extras: list[dict] | None = None, gif: bool = False) -> int:
     """Write (medium, prompt, seed) triples as the generated-media contract every family produces; `extras`

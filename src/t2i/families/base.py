@@ -26,11 +26,12 @@ from typing import Any
 
 from PIL import Image
 
-from t2i.errors import UserError
+from t2i.errors import OptionError, UserError
 from t2i.images import Clip, Media
 
 log = logging.getLogger(__name__)
 
+MAX_SEED = 2**32 - 1  # seeds derive candidate and per-step seeds from themselves; this keeps those in range
 TASKS = ("img2img", "inpaint", "variation", "sketch", "complete", "predict")
 CLIP_TASKS = ("predict",)  # the tasks whose input is a clip (the frames to continue); the rest take an image
 KINDS = ("generator", "scorer")
@@ -63,7 +64,7 @@ class Options:
         """One-line errors; the steps, guidance and sampler rules are the sampling process's own (each family's
         `Pipeline.check` applies them), so each rule is written once."""
         if self.candidates is not None and self.candidates < 1:
-            raise UserError(f"--candidates must be at least 1, got {self.candidates}")
+            raise OptionError("candidates", f"must be at least 1, got {self.candidates}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Input:
         if self.task not in TASKS:
             raise UserError(f"unknown task {self.task!r}; tasks are {', '.join(TASKS)}")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
-            raise UserError(f"--strength must be in (0, 1], got {self.strength}")
+            raise OptionError("strength", f"must be in (0, 1], got {self.strength}")
         if self.image is None:  # every task starts from an image (a clip's first frames for predict)
             raise UserError(f"task {self.task} needs an input image")
         if self.task == "inpaint" and self.mask is None:
@@ -162,6 +163,13 @@ class Family:
 
 
 # ------------------------------------------------------------------------------------------ pipeline
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Seeds are whole numbers in 0..MAX_SEED: a huge one would overflow the seeds derived from it."""
+    bad = next((s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED), None)
+    if bad is not None:
+        raise OptionError("seed", f"must be a whole number in 0..{MAX_SEED}, got {bad!r}")
+
+
 class Pipeline:
     """What every generator's pipeline shares: option checking, tasks, seeds, candidates and reranking.
 
@@ -194,7 +202,7 @@ class Pipeline:
                 flag = next((flag_of(f) for fam in families_with_option(k) for f in fields(fam.options)
                              if f.name == k), "--" + k.replace("_", "-"))
                 takers = ", ".join(f.name for f in families_with_option(k)) or "no family"
-                raise UserError(f"{flag} does not apply to {self.family} runs (it is for {takers}); leave it out")
+                raise OptionError(k, f"does not apply to {self.family} runs (it is for {takers}); leave it out", flag)
         given = {k: v for k, v in given.items() if v is not None}
         opts = self.Options(**{**self.defaults(), **given})
         opts.check()
@@ -246,6 +254,9 @@ class Pipeline:
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise UserError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        check_seeds(seeds)
+        if batch_size < 1:
+            raise OptionError("batch_size", f"must be at least 1, got {batch_size}")
         inputs = self._inputs(inputs, len(prompts))
         all_prompts = [p for p in prompts for _ in range(n)]
         all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]

@@ -45,7 +45,7 @@ from t2i.nn.transformer import TextEncoder
 from t2i.train.data import DataConfig, batches
 from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import Stages, TextConfig, stage_data, tokenizer_stage
-from t2i.train.trainer import TrainConfig, Trainer, param_count
+from t2i.train.trainer import TrainConfig, param_count
 
 NAME = "clip"
 STAGES = ["tokenizer", "clip"]
@@ -192,8 +192,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             return {"retrieval_top1": zero_shot_retrieval(pipe, groups=2)["top1"],
                     "minimal_pairs": minimal_pairs(pipe, n=200)["text"]}
 
-        Trainer("clip", stage, tc, run, {"clip": "clip"}, data, None, progress, evaluate=quick_eval,
-                seed=cfg.seed).fit()
+        stages.fit("clip", stage, tc, {"clip": "clip"}, data, None, progress, evaluate=quick_eval)
         stages.finish("clip", params={"clip": param_count(stage.clip)})
     return stages.meta
 

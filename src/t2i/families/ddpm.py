@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from t2i import runtime
 from t2i.diffusion import Schedule, training_loss
 from t2i.diffusion.generate import SampleConfig, check_sampling, denoise
-from t2i.errors import UserError
+from t2i.errors import OptionError
 from t2i.families import base
 from t2i.families.diffusion import image_side
 from t2i.images import grid, tensor_to_images
@@ -31,7 +31,7 @@ from t2i.nn.unet import UNet, UNetConfig
 from t2i.train.data import DataConfig, batches
 from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import Stages, stage_data
-from t2i.train.trainer import TrainConfig, Trainer, param_count
+from t2i.train.trainer import TrainConfig, param_count
 
 NAME = "ddpm"
 STAGES = ["diffusion"]
@@ -78,9 +78,9 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
             return grid(images, [f"seed {i}" for i in range(8)])
 
         data = stage_data(cfg.data, tc)
-        Trainer("diffusion", stage, tc, run, {"unet": "net"},
-                lambda start: batches(data, tc.batch_size // runtime.world_size(), start, seed=cfg.seed),
-                preview, progress, seed=cfg.seed).fit()
+        stages.fit("diffusion", stage, tc, {"unet": "net"},
+                   lambda start: batches(data, tc.batch_size // runtime.world_size(), start, seed=cfg.seed),
+                   preview, progress)
         stages.finish("diffusion", params={"unet": param_count(stage.net)})
     return stages.meta
 
@@ -107,7 +107,7 @@ class Pipeline(base.Pipeline):
 
     def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
         if options.guidance != 1.0:
-            raise UserError(f"--guidance needs a text-conditioned model; {NAME} runs are unconditional (leave it out)")
+            raise OptionError("guidance", f"needs a text-conditioned model; {NAME} runs are unconditional (leave it out)")
         check_sampling(options.steps, options.guidance, options.sampler)
         return options
 

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from t2i import runtime
+from t2i.config import require
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
 from t2i.diffusion.generate import check_sampling, denoise
@@ -43,6 +44,16 @@ class DiffusionConfig:
     t_mean: float = 0.0
     t_std: float = 1.0
     cond_drop: float = 0.1  # caption dropout: the share of training captions replaced by the empty one
+
+    def validate(self, where: str) -> None:
+        from t2i.diffusion import OBJECTIVES, SCHEDULES, WEIGHTINGS
+        from t2i.diffusion.objectives import T_DENSITIES
+
+        for key, names in (("schedule", SCHEDULES), ("objective", OBJECTIVES), ("weighting", WEIGHTINGS),
+                           ("t_density", T_DENSITIES)):
+            require(getattr(self, key) in names, where, key, f"must be one of {', '.join(names)}", getattr(self, key))
+        require(self.t_std > 0, where, "t_std", "must be > 0", self.t_std)
+        require(0 <= self.cond_drop < 1, where, "cond_drop", "must be in [0, 1)", self.cond_drop)
 
 
 class TextDenoiser(nn.Module):

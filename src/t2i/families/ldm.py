@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from t2i import runtime
 from t2i.codecs.autoencoder import AutoencoderConfig, AutoencoderKL
+from t2i.config import require
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion.generate import SampleConfig
 from t2i.errors import UserError
@@ -39,7 +40,7 @@ from t2i.nn.unet import UNet, UNetConfig
 from t2i.train.data import DataConfig, batches, generator_data
 from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, stage_data, take, tokenizer_stage
-from t2i.train.trainer import TrainConfig, Trainer, param_count
+from t2i.train.trainer import TrainConfig, param_count
 
 NAME = "ldm"
 STAGES = ["tokenizer", "autoencoder", "diffusion"]
@@ -68,6 +69,9 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     stages: StageConfigs = field(default_factory=StageConfigs)
+
+    def validate(self, where: str) -> None:
+        require(self.backbone in ("unet", "dit"), where, "backbone", "must be unet or dit", self.backbone)
 
 
 def _unet_config(cfg: Config) -> UNetConfig:
@@ -134,9 +138,9 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
                 rec = ae.decode(ae.encode(fixed.to(next(ae.parameters()).device)).mode())
             return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
 
-        Trainer("autoencoder", stage, ae_cfg, run, {"autoencoder": "autoencoder"},
-                lambda start: batches(ae_data, ae_cfg.batch_size // runtime.world_size(), start, seed=cfg.seed),
-                recon, progress, seed=cfg.seed).fit()
+        stages.fit("autoencoder", stage, ae_cfg, {"autoencoder": "autoencoder"},
+                   lambda start: batches(ae_data, ae_cfg.batch_size // runtime.world_size(), start, seed=cfg.seed),
+                   recon, progress)
         ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
         stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, dm_data, seed=cfg.seed))
     ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
@@ -155,8 +159,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
         data = generator_data(dm_data, dm_cfg.batch_size // runtime.world_size(), tokenizer, cfg.text.max_len,
                               lambda x: ae.encode(x).mode(), progress, seed=cfg.seed)
-        Trainer("diffusion", stage, dm_cfg, run, {"denoiser": "net"}, data, preview, progress,
-                evaluate=quick_eval, seed=cfg.seed).fit()
+        stages.fit("diffusion", stage, dm_cfg, {"denoiser": "net"}, data, preview, progress, evaluate=quick_eval)
         stages.finish("diffusion", params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
     return stages.meta
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from t2i.errors import UserError
+from t2i.errors import OptionError
 from t2i.nn.attention import KVCache
 
 
@@ -52,15 +52,15 @@ def check_decoding(temperature: float | None = None, top_k: int | None = None, t
                   guidance: float | None = None, steps: int | None = None) -> None:
     """One-line `UserError`s for unusable decoding options (None = not given)."""
     if temperature is not None and not temperature > 0:
-        raise UserError(f"--temperature must be > 0 (1 = the model's distribution), got {temperature}")
+        raise OptionError("temperature", f"must be > 0 (1 = the model's distribution), got {temperature}")
     if top_k is not None and top_k <= 0:
-        raise UserError(f"--top-k must be a positive number of tokens, got {top_k}")
+        raise OptionError("top_k", f"must be a positive number of tokens, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1] (1 = no nucleus filtering), got {top_p}")
+        raise OptionError("top_p", f"must be in (0, 1] (1 = no nucleus filtering), got {top_p}")
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-        raise UserError(f"--guidance must be >= 0 and finite (1 = no guidance, 0 = unconditional), got {guidance}")
+        raise OptionError("guidance", f"must be >= 0 and finite (1 = no guidance, 0 = unconditional), got {guidance}")
     if steps is not None and steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
+        raise OptionError("steps", f"must be at least 1, got {steps}")
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -170,7 +170,7 @@ def mask_schedule(steps: int, n_tokens: int) -> list[int]:
     """Tokens still masked after each parallel-decoding step: n cos(pi/2 (s+1)/steps), MaskGIT's cosine
     schedule, adjusted so every step reveals at least one token and the last step reveals the rest."""
     if steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
+        raise OptionError("steps", f"must be at least 1, got {steps}")
     out, left = [], n_tokens
     for s in range(steps):
         target = math.floor(n_tokens * math.cos(math.pi / 2 * (s + 1) / steps))

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from t2i import runtime
+from t2i.config import require
 from t2i.data.shapes import counterfactual
 from t2i.data.sources import is_shapes, open_source
 from t2i.data.tokenizer import Tokenizer
@@ -38,9 +39,29 @@ class DataConfig:
     # sources have no kinds and ignore it, and an explicit 'shapes:...' source wins.
     kind_weights: str = ""
 
+    def validate(self, where: str) -> None:
+        require(8 <= self.resolution <= 4096, where, "resolution", "must be 8..4096 px", self.resolution)
+        require(self.shuffle >= 0, where, "shuffle", "must be >= 0 (0 = off)", self.shuffle)
+        require(self.cache >= 0, where, "cache", "must be >= 0 (0 = encode every batch)", self.cache)
+        open_source(self.train_spec(), resolution=self.resolution, n=0)  # the spec parses (kind weights too)
+
     def train_spec(self) -> str:
         """The source spec training batches read: `source` with the kind weights applied."""
         return f"shapes:{self.kind_weights}" if self.kind_weights and self.source == "shapes" else self.source
+
+
+def check_readable(cfg: DataConfig, want: int = 8) -> None:
+    """The source yields captioned samples at all: checked before a run folder is made, so a folder of
+    images without captions, or shards that are all corrupt, is one line now, not a traceback after the
+    tokenizer stage."""
+    from t2i.data.sources import SkipStats
+
+    stats = SkipStats()
+    got = len(list(islice(open_source(cfg.train_spec(), resolution=cfg.resolution, stats=stats, log_skips=False),
+                          want)))
+    if got == 0:
+        raise UserError(f"data {cfg.source!r} yields no usable samples ({stats}); every image needs a caption "
+                        "(a same-name .txt beside it, or a .txt member in its shard) and must decode")
 
 
 def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokenizer | None = None,
@@ -59,7 +80,8 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     warned = False
     while True:
         stream = open_source(spec, resolution=cfg.resolution, seed=seed + epoch, shuffle=cfg.shuffle,
-                             rank=rank, world_size=world, start=skip if endless else 0)
+                             rank=rank, world_size=world, start=skip if endless else 0,
+                             log_skips=epoch == 0)  # the same bad samples every epoch: said once
         if not endless and skip:
             stream = islice(stream, skip, None)
         got = 0

@@ -7,7 +7,12 @@ trained part is `<part>.safetensors`, `train_state.pt` resumes the stage in prog
 
 from __future__ import annotations
 
+import csv
+import datetime
 import json
+import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,109 @@ from torch import nn
 from t2i.errors import UserError
 
 META = "run.json"
+LOCK = "run.lock"
+
+log = logging.getLogger("t2i.train")
+
+
+def now_iso() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def process_age() -> float:
+    """Seconds since this process started (imports included: what a user waits for), from /proc on Linux;
+    elsewhere 0, and invocations then record no duration."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+class RunLock:
+    """One trainer per run folder: `run.lock` holds the PID and host of the process training it.
+
+    Two trainers on one folder interleave log rows and race for the checkpoint file (the first one died on
+    a renamed-away temp file while the second said "run complete"). The lock is created exclusively
+    (O_EXCL), so of two processes starting together exactly one gets it. A lock whose process is gone (kill
+    -9, a crash, a reboot) is stale and taken over with a notice; a lock from another host cannot be
+    checked, so it is refused with the command that removes it.
+    """
+
+    def __init__(self, run: str | Path):
+        self.path = Path(run) / LOCK
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._refuse_or_clear()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise UserError(f"could not take {self.path}: another process keeps creating it")
+
+    def _refuse_or_clear(self) -> None:
+        try:
+            held = json.loads(self.path.read_text())
+            pid, host, since = int(held["pid"]), str(held["host"]), held.get("since", "?")
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (ValueError, KeyError, TypeError, OSError):
+            held, pid, host, since = None, -1, socket.gethostname(), "?"  # half-written or garbage
+        if host == socket.gethostname() and (pid < 0 or not _alive(pid)):
+            log.warning("%s: taking over a stale lock%s", self.path.parent,
+                        f" of PID {pid} (no such process; it started {since})" if held else " (unreadable)")
+            self.path.unlink(missing_ok=True)
+            return
+        where = "" if host == socket.gethostname() else f" on {host}"
+        raise UserError(f"{self.path.parent} is being trained by PID {pid}{where} (since {since}); a second trainer "
+                        f"would corrupt it: wait for that one to finish or stop it"
+                        + (f" (kill {pid})" if not where else f"; if it is gone, delete {self.path}"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            try:
+                if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                    self.path.unlink()
+            except (OSError, ValueError):
+                pass
+            self.held = False
+
+
+def truncate_log(path: Path, stage: str, step: int) -> int:
+    """Drop the rows of `stage` past `step` from a CSV log: after a resume those steps are trained again, and
+    a curve with steps 160-200 three times is a lie. Returns how many rows went."""
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:2] != ["stage", "step"]:
+        return 0
+    keep = [rows[0]] + [r for r in rows[1:] if not (r and r[0] == stage and int(r[1]) > step)]
+    if len(keep) == len(rows):
+        return 0
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f).writerows(keep)
+    tmp.replace(path)
+    return len(rows) - len(keep)
 
 
 def read_meta(run: str | Path) -> dict[str, Any]:
@@ -51,15 +159,29 @@ def require_complete(run: str | Path, family: str | None, stages: list[str]) -> 
     return meta
 
 
+def _rebuild_hint(run: Path, name: str) -> str:
+    """The command that makes part `name` again: redo the stage that wrote it (recorded in run.json)."""
+    try:
+        meta = read_meta(run)
+    except UserError:
+        return f"retrain the run (t2i train --out {run} ...)"
+    stage = next((s for s, parts in meta.get("parts", {}).items() if name in parts), None)
+    if stage is None:
+        done = meta.get("stages_done", [])
+        return (f"rebuild the stage that writes it: `t2i train --resume --out {run} --redo STAGE` "
+                f"(stages: {', '.join(done) or 'none done'})")
+    return f"rebuild it: `t2i train --resume --out {run} --redo {stage}` (retrains {stage} and every later stage)"
+
+
 def load_part(module: nn.Module, run: str | Path, name: str) -> nn.Module:
     """Load `<name>.safetensors` into `module`, strictly, with an error that names the file."""
     path = Path(run) / f"{name}.safetensors"
     if not path.is_file():
-        raise UserError(f"{path} is missing; the run is incomplete — resume it with `t2i train --resume`")
+        raise UserError(f"{path} is missing; {_rebuild_hint(Path(run), name)}")
     try:
         state = load_file(str(path))
     except Exception as e:
-        raise UserError(f"{path} is unreadable ({e}); retrain this part") from None
+        raise UserError(f"{path} is unreadable ({e}); {_rebuild_hint(Path(run), name)}") from None
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from t2i import runtime
 from t2i.data.tokenizer import Tokenizer
 from t2i.nn.transformer import TextEncoderConfig
 from t2i.train.data import DataConfig, captions
-from t2i.train.rundir import read_meta, write_meta
-from t2i.train.trainer import TrainConfig
+from t2i.train.rundir import process_age, read_meta, write_meta
+from t2i.train.trainer import TrainConfig, Trainer
 
 PREVIEW_PROMPTS = ["a red circle", "a large blue square", "a green triangle and a yellow circle",
                    "a red circle left of a blue square", "three purple circles", "a small orange triangle",
@@ -45,22 +46,31 @@ class TextConfig:
 
 
 class Stages:
-    """`run.json`'s stage record: `todo(stage)` starts a stage's clock, `finish(stage, **extra)` records it.
+    """`run.json`'s stage record: `todo(stage)` starts a stage's clock, `fit(...)` trains it with the shared
+    `Trainer`, `finish(stage, **extra)` records it.
 
     `todo` also seeds torch's global generator from the run's `seed` and the stage's name, just before the
     family builds that stage's model: without it every run drew its initial weights at random, so
     the seed did not reproduce a run (two VQ runs with the same seed, identical for their first 100
     steps by construction, already logged different losses at step 10); seeding by name also keeps a
     stage's weights independent of how many random numbers earlier stages used.
+
+    Time is kept honestly across interruptions: a stage's `train_seconds` and the current invocation's
+    `seconds` (the last entry of `invocations`, which `t2i.api.train` opens) are written to run.json at every
+    checkpoint and at most every few seconds between, so a run killed and resumed adds up the time it really
+    took, not just its last invocation's.
     Only rank 0 writes; every rank waits at a barrier so none starts the next stage on stale files.
     """
+
+    PERSIST_EVERY = 1.0  # seconds between time writes to run.json while a stage trains (a few KB each)
 
     def __init__(self, run: Path, seed: int = 0):
         self.run, self.seed = Path(run), seed
         self.meta = read_meta(self.run)
         self.meta.setdefault("stages_done", [])
         self.meta.setdefault("train_seconds", {})
-        self._started: dict[str, float] = {}
+        self._started: dict[str, tuple[float, float]] = {}  # stage -> (clock at todo, seconds before it)
+        self._last_write = time.perf_counter()
 
     def done(self, stage: str) -> bool:
         return stage in self.meta["stages_done"]
@@ -69,14 +79,39 @@ class Stages:
         """True when `stage` still has to run (and its clock starts now, and its seed is set)."""
         if self.done(stage):
             return False
-        self._started[stage] = time.perf_counter()
+        self._started[stage] = (time.perf_counter(), self.meta["train_seconds"].get(stage, 0.0))
         torch.manual_seed(self.seed * 1_000_003 + zlib.crc32(stage.encode()))
+        self.tick(stage, saved=True)  # start-up time (imports, data, models) counts even if killed soon after
         return True
 
+    def _clock(self, stage: str) -> None:
+        if stage in self._started:
+            t0, before = self._started[stage]
+            self.meta["train_seconds"][stage] = before + time.perf_counter() - t0
+        if self.meta.get("invocations"):
+            self.meta["invocations"][-1]["seconds"] = round(process_age(), 2)
+
+    def tick(self, stage: str, saved: bool) -> None:
+        """After each training step: the stage's time so far to run.json, at checkpoints and every few seconds."""
+        if not runtime.is_main() or not (saved or time.perf_counter() - self._last_write > self.PERSIST_EVERY):
+            return
+        self._clock(stage)
+        write_meta(self.run, self.meta)
+        self._last_write = time.perf_counter()
+
+    def fit(self, stage: str, model: torch.nn.Module, cfg: TrainConfig, parts: dict[str, str],
+            data: Callable[[int], Iterator[dict[str, Any]]], sample: Callable | None = None, progress: bool = True,
+            evaluate: Callable | None = None) -> dict[str, float]:
+        """Train `stage` with the shared Trainer under the run's seed; records which parts it writes, so a
+        missing weight file can name the stage that rebuilds it."""
+        self.meta.setdefault("parts", {})[stage] = list(parts)
+        self.tick(stage, saved=True)
+        return Trainer(stage, model, cfg, self.run, parts, data, sample, progress, evaluate=evaluate, seed=self.seed,
+                       on_step=lambda saved: self.tick(stage, saved)).fit()
+
     def finish(self, stage: str, **extra: Any) -> None:
-        seconds = self.meta["train_seconds"]
-        t0 = self._started.pop(stage, time.perf_counter())
-        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+        self._clock(stage)
+        self._started.pop(stage, None)
         self.meta["stages_done"].append(stage)
         self.meta.update(extra)
         if runtime.is_main():

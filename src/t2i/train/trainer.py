@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from t2i import runtime
+from t2i.config import require
 from t2i.errors import UserError
+from t2i.train.rundir import truncate_log
 
 
 @dataclass
@@ -57,6 +59,29 @@ class TrainConfig:
     tensorboard: bool = False
     resolution: int = 0
 
+    def validate(self, where: str) -> None:
+        finite = math.isfinite
+        for key, ok, rule in (
+            ("steps", self.steps >= 0, "must be >= 0"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("grad_accum", self.grad_accum >= 1, "must be >= 1"),
+            ("lr", finite(self.lr) and self.lr > 0, "must be a positive number"),
+            ("warmup", self.warmup >= 0, "must be >= 0"),
+            ("lr_schedule", self.lr_schedule in ("cosine", "constant"), "must be cosine or constant"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "must be >= 0"),
+            ("beta2", 0 < self.beta2 < 1, "must be in (0, 1)"),
+            ("grad_clip", finite(self.grad_clip) and self.grad_clip >= 0, "must be >= 0 (0 = off)"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1) (0 = off)"),
+            ("precision", self.precision in ("auto", "bf16", "fp32"), "must be auto, bf16 or fp32"),
+            ("ckpt_every", self.ckpt_every >= 1, "must be >= 1"),
+            ("sample_every", self.sample_every >= 0, "must be >= 0 (0 = off)"),
+            ("eval_every", self.eval_every >= 0, "must be >= 0 (0 = off)"),
+            ("log_every", self.log_every >= 1, "must be >= 1"),
+            ("resolution", self.resolution == 0 or 8 <= self.resolution <= 4096, "must be 0 (the data's) or 8..4096"),
+        ):
+            require(ok, where, key, rule, getattr(self, key))
+
 
 def adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """The optimiser every stage trains with (and benchmarks/probe_tokens.py probes with): AdamW over the
@@ -84,17 +109,19 @@ class Trainer:
 
     `data(start)` returns an iterator of per-rank batches (dicts of tensors) beginning after `start` samples
     of this rank's stream; `sample(ema_model, step)` returns a PIL image saved under samples/. `seed` (the
-    run's) seeds the stage's own randomness (noise levels, dropout masks) per rank.
+    run's) seeds the stage's own randomness (noise levels, dropout masks) per rank. `on_step(saved)` is
+    called after every step (saved: a checkpoint was just written), for the run's time bookkeeping.
     """
 
     def __init__(self, stage: str, model: nn.Module, cfg: TrainConfig, run_dir: str | Path,
                  parts: dict[str, str], data: Callable[[int], Iterator[dict[str, Any]]],
                  sample: Callable[[nn.Module, int], Any] | None = None, progress: bool = True,
                  device: torch.device | None = None,
-                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None, seed: int = 0) -> None:
+                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None, seed: int = 0,
+                 on_step: Callable[[bool], None] | None = None) -> None:
         self.stage, self.cfg, self.dir = stage, cfg, Path(run_dir)
         self.parts, self.data_fn, self.sample_fn, self.progress = parts, data, sample, progress
-        self.eval_fn = evaluate
+        self.eval_fn, self.on_step = evaluate, on_step
         self.device = device or runtime.device()
         self.rank, self.world = runtime.rank(), runtime.world_size()
         if cfg.batch_size % (self.world * cfg.grad_accum):
@@ -196,6 +223,9 @@ class Trainer:
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = self.load()
+        if self.rank == 0:  # the steps past the checkpoint are trained again: their old rows go
+            for name in ("log.csv", "eval.csv"):
+                truncate_log(self.dir / name, self.stage, self.step)
         data = self.data_fn(self.samples_seen // self.world)
         writer = None
         if cfg.tensorboard and self.rank == 0:
@@ -250,8 +280,11 @@ class Trainer:
                     for k, v in totals.items():
                         writer.add_scalar(f"{self.stage}/{k}", v, self.step)
                 t_window, n_window = now, 0
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+            saved = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+            if saved:
                 self.save()
+            if self.on_step is not None:
+                self.on_step(saved)
             if self.sample_fn is not None and cfg.sample_every and self.rank == 0 and (
                     self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                 self._sample()
