@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_resume.py --record
 
 Trains the tiny DDPM preset (made longer: 240 steps, a checkpoint every 10) once without interruption, then
-again in a fresh folder, killed with SIGKILL `--kills` times (default 20) and resumed after each kill. Some
-kills land at random moments; every third waits for a checkpoint write in progress (a `.tmp` file in the run
-folder) and kills it there. It records:
+again in a fresh folder, killed with SIGKILL `--kills` times (default 20) and resumed after each kill. Most kills land at a random
+moment a few steps into an invocation; every fifth waits for a checkpoint write in progress (a `.tmp` file in the run
+folder) and kills it there, and every fifth lands while the process is still starting up. It records:
 
 * whether the final weights equal the uninterrupted run's, bit for bit (both at one thread);
 * whether `log.csv` has each step exactly once;
@@ -51,6 +51,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _rows(run: Path) -> int:
+    try:
+        return len((run / "log.csv").read_text().splitlines())
+    except OSError:
+        return 0
+
+
 def _invocations(run: Path) -> int:
     try:
         return len(json.loads((run / "run.json").read_text()).get("invocations", []))
@@ -75,9 +82,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="t2i-resume-"))
     try:
         ref = root / "uninterrupted"
-        t0 = time.perf_counter()
         subprocess.run(_cmd(ref, False), check=True, env=_env())
-        ref_wall = time.perf_counter() - t0
         ref_meta = json.loads((ref / "run.json").read_text())
 
         run = root / "killed"
@@ -87,16 +92,25 @@ def main() -> None:
             t0 = time.perf_counter()
             proc = subprocess.Popen(_cmd(run, resume), env=_env(), stderr=subprocess.DEVNULL)
             if len(kinds) < args.kills:
-                at_checkpoint = len(kinds) % 3 == 2
-                deadline = t0 + rng.uniform(2.0, max(3.0, 0.5 * ref_wall))
+                kind = ("random", "random", "checkpoint write", "random", "start-up")[len(kinds) % 5]
+                rows0 = _rows(run)
+                target = rows0 + rng.randint(1, max(2, 2 * STEPS // (args.kills + 4)))
+                startup = t0 + rng.uniform(0.3, 3.0)
                 while proc.poll() is None:
-                    tmp = run.is_dir() and any(p.name.endswith(".tmp") for p in run.iterdir())
-                    if (at_checkpoint and tmp and time.perf_counter() > t0 + 2.0) or (
-                            not at_checkpoint and time.perf_counter() > deadline):
+                    now = time.perf_counter()
+                    if kind == "start-up":
+                        hit = now > startup
+                    elif kind == "random":
+                        hit = _rows(run) >= target
+                    else:
+                        hit = _rows(run) > rows0 and run.is_dir() and any(p.name.endswith(".tmp") for p in run.iterdir())
+                    if hit:
+                        if kind == "random":
+                            time.sleep(rng.uniform(0.0, 0.2))  # somewhere inside a step
                         proc.send_signal(signal.SIGKILL)
-                        kinds.append("checkpoint write" if at_checkpoint else "random")
+                        kinds.append(kind)
                         break
-                    time.sleep(0.001 if at_checkpoint else 0.02)
+                    time.sleep(0.001 if kind == "checkpoint write" else 0.01)
             proc.wait()
             if _invocations(run) > before:
                 walls.append(time.perf_counter() - t0)
@@ -113,9 +127,9 @@ def main() -> None:
         ratio = recorded / sum(walls)
         rows = [
             f"DDPM tiny, {STEPS} steps, a checkpoint every {CKPT}; {len(kinds)} kills with SIGKILL "
-            f"({kinds.count('random')} at random moments, {kinds.count('checkpoint write')} during a checkpoint "
-            f"write), {len(walls) + unrecorded} invocations in all; {unrecorded} were killed before writing their "
-            "record (still starting up) and are left out of the time comparison.",
+            f"({kinds.count('random')} at random moments while training, {kinds.count('checkpoint write')} during a "
+            f"checkpoint write, {kinds.count('start-up')} while starting up), {len(walls) + unrecorded} invocations "
+            f"in all; the time comparison leaves out the {unrecorded} killed before writing a record (still starting).",
             "",
             "| check | result |",
             "|---|---|",

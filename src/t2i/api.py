@@ -161,7 +161,7 @@ def train(family: str | None, out: str | Path, preset: str | None = None, data: 
                 save_yaml(cfg, out / "config.yaml")  # the run's config must describe what it trains
             meta.setdefault("invocations", []).append(
                 {"started": now_iso(), "resume": resume, "changes": changes, "pid": os.getpid(),
-                 "host": socket.gethostname(), "world_size": runtime.world_size(), "seconds": 0.0})
+                 "host": socket.gethostname(), "world_size": runtime.world_size(), "seconds": round(process_age(), 2)})
             write_meta(out, meta)
         runtime.barrier()
         try:

@@ -62,7 +62,7 @@ class Stages:
     Only rank 0 writes; every rank waits at a barrier so none starts the next stage on stale files.
     """
 
-    PERSIST_EVERY = 1.0  # seconds between time writes to run.json while a stage trains (a few KB each)
+    PERSIST_EVERY = 0.25  # seconds between time writes to run.json while a stage trains (a few KB each)
 
     def __init__(self, run: Path, seed: int = 0):
         self.run, self.seed = Path(run), seed
