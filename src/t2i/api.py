@@ -155,10 +155,8 @@ def train(family: str | None, out: str | Path, preset: str | None = None, data: 
         changes, meta = {}, {"family": fam.name, "preset": preset, "stages_done": []}
     with _claim(out, create=not resume):
         if runtime.is_main():
-            if not resume:
+            if not resume or changes:  # the run's config must describe what it trains
                 save_yaml(cfg, out / "config.yaml")
-            elif changes:
-                save_yaml(cfg, out / "config.yaml")  # the run's config must describe what it trains
             meta.setdefault("invocations", []).append(
                 {"started": now_iso(), "resume": resume, "changes": changes, "pid": os.getpid(),
                  "host": socket.gethostname(), "world_size": runtime.world_size(), "seconds": round(process_age(), 2)})
