@@ -75,7 +75,7 @@ def read_requests(directory: str | Path) -> list[dict[str, Any]]:
                 try:
                     with Image.open(path) as im:
                         im.load()  # the file closes here; an RGB image would otherwise stay a lazy handle
-                        files[key] = im.convert("L") if key == "mask" else from_stored(im, stored_frames(row))
+                        files[key] = im if key == "mask" else from_stored(im, stored_frames(row))
                 except (OSError, ValueError) as e:
                     raise UserError(f"{where}: cannot read {key} {path}: {e}") from None
                 except UserError as e:  # a strip that is not `frames` frames wide

@@ -137,6 +137,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UserError("give one of: a prompt, --prompts-file FILE, --inputs DIR")
     if args.n < 1 or args.per_prompt < 1:
         raise UserError("-n and --per-prompt must be at least 1")
+    if args.mask and not args.init_image:
+        raise UserError("--mask says which part of --init-image to regenerate; give --init-image too")
     if args.strength is not None and not args.init_image:
         raise UserError("--strength sets how much of --init-image to keep; give --init-image too (with --inputs, "
                         "put `strength` in each request)")
@@ -155,11 +157,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise UserError("--init-image is for a single prompt; with --inputs give `image` per row")
         from PIL import Image
 
-        try:
-            with Image.open(args.init_image) as im:
-                init = Input("img2img", im.convert("RGB"), strength=0.6 if args.strength is None else args.strength)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read --init-image {args.init_image}: {e}") from None
+        files = {}
+        for flag, path in (("--init-image", args.init_image), ("--mask", args.mask)):
+            if path:
+                try:
+                    with Image.open(path) as im:
+                        im.load()
+                        files[flag] = im if flag == "--mask" else im.convert("RGB")
+                except (OSError, ValueError) as e:
+                    raise UserError(f"cannot read {flag} {path}: {e}") from None
+        init = Input("inpaint" if args.mask else "img2img", files["--init-image"], files.get("--mask"),
+                     strength=0.6 if args.strength is None else args.strength)
     extras: list[dict] | None = None
     if args.inputs:
         requests = read_requests(args.inputs)
@@ -348,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-prompt", type=int, default=1)
     g.add_argument("--init-image", help="img2img: start from this image (for the families whose tasks have it)")
     g.add_argument("--strength", type=float, help="img2img: fraction of the noise schedule to run (default 0.6)")
+    g.add_argument("--mask", help="inpaint: with --init-image, regenerate where this grayscale mask (the image's "
+                   "size) is white")
     g.add_argument("--overwrite", action="store_true", help="replace the images already in --out")
     g.add_argument("--out", required=True)
     g.add_argument("--gif", action="store_true", help="also write a GIF beside each generated clip (families "

@@ -33,7 +33,8 @@ class SampleConfig:
     spacing: str = "karras"
     sigma_max: float | None = 80.0  # start here (VE sigma), not at the schedule's end: cosine reaches ~2e4,
     # where karras spacing would spend steps on pure noise; 80 is EDM's choice for unit-variance data
-    threshold: float | None = None  # dynamic thresholding percentile (pixel-space models)
+    thresholding: str = "none"  # x0 clipping while sampling, pixel-space models: none | static | dynamic (Imagen)
+    threshold: float | None = None  # dynamic thresholding's percentile (None = Imagen's 0.995)
     precision: str = "auto"  # the network runs under bf16 autocast where the hardware has it (2x on CPU);
     # the sampler's own arithmetic stays fp32
     candidates: int = 1  # images drawn per prompt, the best kept by the `rerank` CLIP run
@@ -49,9 +50,23 @@ class SampleConfig:
                 "must be a positive number or null", self.sigma_max)
         require(self.threshold is None or 0 < self.threshold <= 1, where, "threshold", "must be in (0, 1] or null",
                 self.threshold)
+        require(self.thresholding in THRESHOLDING, where, "thresholding", f"must be one of {', '.join(THRESHOLDING)}",
+                self.thresholding)
         require(self.precision in ("auto", "bf16", "fp32"), where, "precision", "must be auto, bf16 or fp32",
                 self.precision)
         require(self.candidates >= 1, where, "candidates", "must be >= 1", self.candidates)
+
+
+THRESHOLDING = ("none", "static", "dynamic")
+
+
+def threshold_of(cfg: SampleConfig) -> float | str | None:
+    """What `CFGDenoiser` is given: None, "static" (clip x0 to [-1, 1]) or dynamic thresholding's percentile."""
+    if cfg.thresholding not in THRESHOLDING:
+        raise OptionError("thresholding", f"must be one of {', '.join(THRESHOLDING)}, got {cfg.thresholding!r}")
+    if cfg.thresholding == "none":
+        return None
+    return "static" if cfg.thresholding == "static" else (cfg.threshold or 0.995)
 
 
 def check_sampling(steps: int, guidance: float, sampler: str, strength: float = 1.0) -> None:
@@ -73,10 +88,13 @@ def noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> Ten
 def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seeds: list[int],
             shape: tuple[int, ...], cond: dict[str, Any], uncond: dict[str, Any], cfg: SampleConfig,
             init: Tensor | None = None, strength: float = 1.0, device: torch.device | None = None,
-            callback: Callable[[dict], None] | None = None) -> Tensor:
+            callback: Callable[[dict], None] | None = None,
+            constrain: Callable[[Tensor], Tensor] | None = None,
+            guide: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """Sample x0 for a batch (one seed per item). With `init` (clean x0), start part-way: img2img/SDEdit.
 
     `strength` is the fraction of the noise schedule to run: 1 ignores `init`, 0.3 keeps most of it.
+    `constrain` maps every predicted x0 (inpainting's `Reimpose`); `guide` shifts it first (`ClipGuide`).
     """
     check_sampling(cfg.steps, cfg.guidance, cfg.sampler, strength)
     device = device or torch.device("cpu")
@@ -95,7 +113,7 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
         with autocast(device, cfg.precision):
             return net(*args, **kwargs).float()
 
-    model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, cfg.threshold)
+    model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, threshold_of(cfg), constrain, guide)
     # Ancestral samplers' noise, one generator per image: an image depends on its seed, not on its batch.
     gen = [torch.Generator(device).manual_seed((s * 7919 + 1) % 2**63) for s in seeds]
     return get_sampler(cfg.sampler)(model, x, sigmas, extra_args={"cond": cond, "uncond": uncond},

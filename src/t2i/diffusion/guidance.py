@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2021), Imagen's dynamic thresholding, and caption dropout.
+"""Classifier-free guidance (Ho & Salimans 2021), CLIP guidance (GLIDE), Imagen's dynamic thresholding, and
+caption dropout.
 
 Guidance is applied to the denoised x0_hat. For a fixed x and sigma, x0_hat and eps_hat are affine in each
 other (eps = (x - x0) / sigma), so ``uncond + s (cond - uncond)`` gives the same sample whether formed on
@@ -69,14 +70,20 @@ class CFGDenoiser(nn.Module):
     ``D_uncond + scale (D_cond - D_uncond)``, with both branches computed in ONE forward call over a
     doubled batch, the usual trade of memory for half the calls. scale = 1 is the conditional model and
     scale = 0 the unconditional one: each needs a single ordinary call. `threshold`, if given, is the
-    dynamic-thresholding percentile applied to the guided x0_hat (for pixel-space models in [-1, 1]).
+    dynamic-thresholding percentile applied to the guided x0_hat, or "static" for plain clipping to [-1, 1]
+    (for pixel-space models in [-1, 1]). `guide(x, sigma, x0) -> x0`, if given, shifts the guided x0_hat
+    first (CLIP guidance, `ClipGuide`); `constrain(x0)` maps it last (inpainting puts the known pixels back).
     """
 
-    def __init__(self, denoiser: Callable[..., Tensor], scale: float, threshold: float | None = None) -> None:
+    def __init__(self, denoiser: Callable[..., Tensor], scale: float, threshold: float | str | None = None,
+                 constrain: Callable[[Tensor], Tensor] | None = None,
+                 guide: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.scale = scale
         self.threshold = threshold
+        self.constrain = constrain
+        self.guide = guide
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Condition = None, uncond: Condition = None) -> Tensor:
         if self.scale == 1:
@@ -90,7 +97,36 @@ class CFGDenoiser(nn.Module):
             both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **kwargs)
             x0_cond, x0_uncond = both.chunk(2)
             x0 = x0_uncond + self.scale * (x0_cond - x0_uncond)
-        return x0 if self.threshold is None else dynamic_threshold(x0, self.threshold)
+        if self.guide is not None:
+            x0 = self.guide(x, torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0]), x0)
+        if self.threshold is not None:
+            x0 = x0.clamp(-1, 1) if self.threshold == "static" else dynamic_threshold(x0, float(self.threshold))
+        return x0 if self.constrain is None else self.constrain(x0)
+
+
+class ClipGuide:
+    """GLIDE's CLIP guidance for x0-predicting samplers: x0_hat + s * sigma_t^2 * grad_{x_t} (f(x_t, t) . g(c)).
+
+    `image(x_t, t) -> (B, D)` is a CLIP image tower trained on noisy images (unit vectors) and `text` (B, D)
+    the prompts' text embeddings. GLIDE shifts the mean of each reverse step by s * Sigma * grad; in the
+    project's VE/x0 view the same score shift is x0_hat + s * sigma_ve^2 * grad_{x_ve}, which is
+    (sigma_t^2 / alpha_t) * grad_{x_t}. That factor explodes where alpha_t -> 0 (pure noise, where CLIP sees
+    nothing); it is used times alpha_t, so the push fades at the noisy end instead.
+    """
+
+    def __init__(self, image: Callable[[Tensor, Tensor], Tensor], text: Tensor, schedule: Any, scale: float):
+        self.image, self.text, self.schedule, self.scale = image, text, schedule, scale
+
+    def __call__(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+        if self.scale == 0:
+            return x0
+        t = self.schedule.t_from_sigma_ve(sigma)
+        alpha, sig = self.schedule.alpha_sigma_from_sigma_ve(sigma)
+        with torch.enable_grad():
+            x_t = (append_dims(alpha, x.ndim) * x).detach().float().requires_grad_(True)
+            sim = (self.image(x_t, t) * self.text.to(x_t.device)).sum()
+            grad = torch.autograd.grad(sim, x_t)[0]
+        return x0 + self.scale * append_dims(sig, x.ndim) ** 2 * grad.to(x0.dtype)
 
 
 def drop_condition(

@@ -19,6 +19,8 @@ FAMILIES = {
     "parti": "t2i.families.parti",
     "maskgit": "t2i.families.maskgit",
     "ddpm": "t2i.families.ddpm",
+    "glide": "t2i.families.glide",
+    "imagen": "t2i.families.imagen",
 }
 
 

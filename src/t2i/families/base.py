@@ -85,6 +85,13 @@ class Input:
             raise UserError(f"task {self.task} needs an input image")
         if self.task == "inpaint" and self.mask is None:
             raise UserError("task inpaint needs a mask (white = regenerate)")
+        if self.mask is not None:
+            if self.mask.mode not in ("L", "1"):
+                raise UserError(f"the mask is a {self.mask.mode} image; it must be grayscale (mode L or 1, white = "
+                                "regenerate): convert it, e.g. PIL's .convert('L')")
+            if not isinstance(self.image, Clip) and self.mask.size != self.image.size:
+                raise UserError(f"the mask is {self.mask.size[0]}x{self.mask.size[1]} but the image is "
+                                f"{self.image.size[0]}x{self.image.size[1]}; give a mask of the image's size")
         if (self.task in CLIP_TASKS) != isinstance(self.image, Clip):
             raise UserError(f"task {self.task} takes a clip (a PNG strip with `frames` > 1 in its request)"
                             if self.task in CLIP_TASKS else

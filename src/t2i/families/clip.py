@@ -150,15 +150,18 @@ class CLIP(nn.Module):
         return F.normalize(self.text_proj(pooled).float(), dim=-1)
 
     def loss(self, images: Tensor, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """Symmetric InfoNCE: image i's positive is caption i, every other caption in the batch a negative."""
-        img, txt = self.encode_image(images), self.encode_text(ids, mask)
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        with torch.autocast(img.device.type, enabled=False):  # bf16 logits would blur cosines x 100
-            logits = scale.float() * img.float() @ txt.float().t()
-        target = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-        acc = (logits.argmax(dim=1) == target).float().mean()
-        return {"loss": loss, "acc": acc.detach(), "temperature": (1 / scale).detach()}
+        return info_nce(self.encode_image(images), self.encode_text(ids, mask), self.logit_scale)
+
+
+def info_nce(img: Tensor, txt: Tensor, logit_scale: Tensor) -> dict[str, Tensor]:
+    """Symmetric InfoNCE: image i's positive is caption i, every other caption in the batch a negative."""
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    with torch.autocast(img.device.type, enabled=False):  # bf16 logits would blur cosines x 100
+        logits = scale.float() * img.float() @ txt.float().t()
+    target = torch.arange(len(logits), device=logits.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    acc = (logits.argmax(dim=1) == target).float().mean()
+    return {"loss": loss, "acc": acc.detach(), "temperature": (1 / scale).detach()}
 
 
 class CLIPStage(nn.Module):

@@ -1,7 +1,11 @@
-"""What every text-conditioned diffusion family shares (LDM today; GLIDE, Imagen and the unCLIP decoder next).
+"""What every text-conditioned diffusion family shares (LDM, GLIDE, Imagen, the unCLIP decoder).
 
-* `TextDenoiser`: a text encoder over the run's BPE and a backbone (UNet or DiT). The encoder's tokens are
-  cross-attended, its pooled vector is added to the time embedding; `net(x_t, t, ids=, mask=)`.
+* A text side (`BPEText` here; Imagen's frozen language model in `t2i.text.pretrained`): captions -> the
+  keyword arguments of the denoiser's text module, for a training batch (`from_batch`) or prompts (`encode`).
+* `TextDenoiser`: that text module and a backbone (UNet or DiT). The text tokens are attended to, the
+  pooled vector is added to the time embedding; `net(x_t, t, mask=, **text)`, plus `channels=` (concatenated
+  to x_t's: a super-resolution stage's upsampled low-res image, an inpainting model's masked image and mask)
+  and `aug=` (the SR input's noise-augmentation level).
 * `TextDiffusionStage`: caption dropout (the empty caption stands in, so the one network also learns the
   unconditional model that classifier-free guidance needs) and the diffusion loss on the stage's x0.
 * `TextDiffusionPipeline`: the guided sampling loop, options and img2img, shared by every such family.
@@ -56,40 +60,66 @@ class DiffusionConfig:
         require(0 <= self.cond_drop < 1, where, "cond_drop", "must be in [0, 1)", self.cond_drop)
 
 
-class TextDenoiser(nn.Module):
-    """Text encoder + backbone: the trained part of a text diffusion stage, ``net(x_t, t, ids=, mask=)``."""
+class BPEText:
+    """The text side of a family whose text encoder trains with it: the run's BPE ids and mask."""
 
-    def __init__(self, text: TextEncoderConfig, backbone: nn.Module):
+    def __init__(self, tokenizer: Tokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def encode(self, captions: list[str]) -> dict[str, Tensor]:
+        ids, mask = self.tokenizer.encode(captions, self.max_len)
+        return {"ids": ids, "mask": mask}
+
+    def from_batch(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return {"ids": batch["ids"], "mask": batch["mask"]}
+
+
+class TextDenoiser(nn.Module):
+    """Text module + backbone: the trained part of a text diffusion stage, ``net(x_t, t, mask=, **text)``.
+
+    `text` maps the text side's tensors to (tokens, pooled): a `TextEncoder` over BPE ids, or the adapter of
+    a frozen language model's states. `channels` are concatenated to x_t's (the SR stage's upsampled low-res
+    image, the inpainting variant's masked image and mask); `aug`, the SR input's noise level, goes to the
+    backbone."""
+
+    def __init__(self, text: TextEncoderConfig | nn.Module, backbone: nn.Module):
         super().__init__()
-        self.text_encoder = TextEncoder(text)
+        self.text_encoder = TextEncoder(text) if isinstance(text, TextEncoderConfig) else text
         self.unet = backbone  # the name saved runs' weights use, whichever backbone it holds
 
-    def forward(self, x: Tensor, t: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        tokens, pooled = self.text_encoder(ids, mask)
-        return self.unet(x, t, context=tokens, context_mask=mask, pooled=pooled)
+    def forward(self, x: Tensor, t: Tensor, mask: Tensor, channels: Tensor | None = None,
+                aug: Tensor | None = None, **text: Tensor) -> Tensor:
+        tokens, pooled = self.text_encoder(mask=mask, **text)
+        if channels is not None:
+            x = torch.cat([x, channels.to(x.dtype)], dim=1)
+        extra = {} if aug is None else {"aug": aug}
+        return self.unet(x, t, context=tokens, context_mask=mask, pooled=pooled, **extra)
 
 
 class TextDiffusionStage(nn.Module):
-    """Caption dropout and the diffusion loss; subclasses say what x0 is (`x0`: pixels by default)."""
+    """Caption dropout and the diffusion loss; subclasses say what x0 is (`x0`: pixels by default) and may add
+    conditions of their own (`extra`: a super-resolution stage's low-res input)."""
 
-    def __init__(self, net: TextDenoiser, cfg: DiffusionConfig, tokenizer: Tokenizer, max_len: int):
+    def __init__(self, net: TextDenoiser, cfg: DiffusionConfig, text: Any):
         super().__init__()
-        self.cfg, self.net = cfg, net
+        self.cfg, self.net, self.text = cfg, net, text
         self.schedule = Schedule.from_name(cfg.schedule)
         self.t_density = TimeDensity(cfg.t_density, cfg.t_mean, cfg.t_std)
-        null_ids, null_mask = tokenizer.encode([""], max_len)
-        self.register_buffer("null_ids", null_ids[0], persistent=False)
-        self.register_buffer("null_mask", null_mask[0], persistent=False)
+        self.null = {k: v[0] for k, v in text.encode([""]).items()}
 
     def x0(self, batch: dict[str, Tensor]) -> Tensor:
         return batch["image"]
 
+    def extra(self, batch: dict[str, Tensor], x0: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        return {}
+
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         x0 = self.x0(batch)
         drop = drop_condition(self.cfg.cond_drop, batch=x0.shape[0], generator=generator, device=x0.device)
-        ids = apply_null_condition(batch["ids"], self.null_ids, drop)
-        mask = apply_null_condition(batch["mask"], self.null_mask, drop)
-        loss = training_loss(self.net, x0, {"ids": ids, "mask": mask}, self.schedule, self.cfg.objective,
+        cond = {k: apply_null_condition(v.to(x0.device), self.null[k].to(x0.device), drop)
+                for k, v in self.text.from_batch(batch).items()}
+        cond.update(self.extra(batch, x0, generator))
+        loss = training_loss(self.net, x0, cond, self.schedule, self.cfg.objective,
                              self.cfg.weighting, self.t_density, generator, self.cfg.gamma)
         return {"loss": loss.mean()}
 
@@ -109,6 +139,7 @@ class TextDiffusionPipeline(base.Pipeline):
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, net: TextDenoiser, device: torch.device | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.text = BPEText(tokenizer, cfg.text.max_len)
         self.device = device or runtime.device()
         self.net = net.to(self.device)
         self.schedule = Schedule.from_name(cfg.diffusion.schedule)
@@ -140,15 +171,13 @@ class TextDiffusionPipeline(base.Pipeline):
                  inputs: list[base.Input | None]) -> list[Image.Image]:
         sc = dataclasses.replace(self.cfg.sample, steps=options.steps, guidance=options.guidance,
                                  sampler=options.sampler)
-        null_ids, null_mask = self.tokenizer.encode([""], self.cfg.text.max_len)
-        uncond = {"ids": null_ids.to(self.device), "mask": null_mask.to(self.device)}
+        uncond = {k: v.to(self.device) for k, v in self.text.encode([""]).items()}
         out: list[Image.Image | None] = [None] * len(prompts)
         groups: dict[float | None, list[int]] = {}  # one denoising pass per img2img strength
         for i, inp in enumerate(inputs):
             groups.setdefault(None if inp is None else inp.strength, []).append(i)
         for strength, idx in groups.items():
-            ids, mask = self.tokenizer.encode([prompts[i] for i in idx], self.cfg.text.max_len)
-            cond = {"ids": ids.to(self.device), "mask": mask.to(self.device)}
+            cond = {k: v.to(self.device) for k, v in self.text.encode([prompts[i] for i in idx]).items()}
             init = None
             if strength is not None:
                 side = (image_side(self.cfg),) * 2

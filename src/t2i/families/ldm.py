@@ -28,6 +28,7 @@ from t2i.diffusion.generate import SampleConfig
 from t2i.errors import UserError
 from t2i.families import base
 from t2i.families.diffusion import (
+    BPEText,
     DiffusionConfig,
     TextDenoiser,
     TextDiffusionPipeline,
@@ -109,7 +110,7 @@ class DiffusionStage(TextDiffusionStage):
     """The shared text diffusion stage on latents: from the encoded cache, or encoded on the fly."""
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, autoencoder: AutoencoderKL, scale: float):
-        super().__init__(build_denoiser(cfg, tokenizer.vocab_size), cfg.diffusion, tokenizer, cfg.text.max_len)
+        super().__init__(build_denoiser(cfg, tokenizer.vocab_size), cfg.diffusion, BPEText(tokenizer, cfg.text.max_len))
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.scale = scale
 

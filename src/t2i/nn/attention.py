@@ -58,16 +58,23 @@ class Attention(nn.Module):
 
     `context_dim` sets the width of the context (default: same as x). `causal` applies to self-attention
     only. Heads split `dim` evenly.
+
+    `concat_dim` makes it GLIDE's text attention instead: self-attention over x whose keys and values are
+    preceded by the `context` tokens' own projection (width `concat_dim`), so one softmax decides between
+    looking at other pixels and looking at words. Cross-attention (LDM) keeps the two apart.
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, causal: bool = False,
-                 bias: bool = False):
+                 bias: bool = False, concat_dim: int | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        if concat_dim and (context_dim or causal):
+            raise ValueError("concat_dim is a self-attention mode: no context_dim or causal with it")
         self.heads, self.causal = heads, causal
         self.to_q = nn.Linear(dim, dim, bias=bias)
         self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
+        self.to_ctx_kv = nn.Linear(concat_dim, 2 * dim, bias=bias) if concat_dim else None
         self.to_out = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
@@ -83,6 +90,8 @@ class Attention(nn.Module):
             reused afterwards (the context must not change between calls: incremental decoding, where
             projecting the same encoder states again at every step would cost more than the step itself).
         """
+        if self.to_ctx_kv is not None:
+            return self._concat(x, context, context_mask)
         if context is not None and (self.causal or cache is not None):
             raise ValueError("causal masking and KV caching apply to self-attention only")
         b, lq, dim = x.shape
@@ -118,6 +127,28 @@ class Attention(nn.Module):
         out = _attend(q, k, v, mask, fused_causal)
         if dead is not None:
             out = out.masked_fill(dead, 0.0)
+        return self.to_out(out.transpose(1, 2).reshape(b, lq, dim))
+
+
+    def _concat(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        """Self-attention over x with the context's keys/values in front (plain self-attention without one)."""
+        b, lq, dim = x.shape
+        split = (b, -1, self.heads, dim // self.heads)
+        q = self.to_q(x).reshape(split).transpose(1, 2)
+        k, v = self.to_kv(x).chunk(2, dim=-1)
+        mask = None
+        if context is not None:
+            assert self.to_ctx_kv is not None
+            ck, cv = self.to_ctx_kv(context).chunk(2, dim=-1)
+            k, v = torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
+            if context_mask is not None:
+                if context_mask.shape != context.shape[:2]:
+                    raise ValueError(f"context mask has shape {tuple(context_mask.shape)}, expected "
+                                     f"{tuple(context.shape[:2])}")
+                own = torch.ones(b, lq, dtype=torch.bool, device=x.device)
+                mask = torch.cat([context_mask.bool(), own], dim=1)[:, None, None, :]
+        k, v = (t.reshape(split).transpose(1, 2) for t in (k, v))
+        out = _attend(q, k, v, mask, False)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, dim))
 
 

@@ -13,6 +13,13 @@ from torch import Tensor, nn
 
 from t2i.nn.attention import Attention, KVCache
 
+TEXT_ATTENTION = ("cross", "concat")
+
+
+def check_text_attention(mode: str) -> None:
+    if mode not in TEXT_ATTENTION:
+        raise ValueError(f"text_attention must be one of {', '.join(TEXT_ATTENTION)}, got {mode!r}")
+
 
 def norm_groups(ch: int) -> int:
     """GroupNorm groups for `ch` channels: 32 as in DDPM/LDM, but at least 4 channels per group.
@@ -85,16 +92,20 @@ class TransformerBlock(nn.Module):
     """Pre-LN transformer block: self-attention, optional cross-attention to `context`, GELU MLP.
 
     `causal` makes the self-attention causal (decoders); `context_dim` adds cross-attention (UNets attend
-    to text this way, Parti's decoder to its encoder).
+    to text this way, Parti's decoder to its encoder), or with ``text_attention="concat"`` puts the context's
+    keys/values in front of the self-attention's (GLIDE's way; `Attention`'s concat_dim).
     """
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, causal: bool = False,
-                 mlp_ratio: int = 4):
+                 mlp_ratio: int = 4, text_attention: str = "cross"):
         super().__init__()
+        check_text_attention(text_attention)
+        concat = text_attention == "concat" and bool(context_dim)
+        self.concat = concat
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, causal=causal)
-        self.norm2 = nn.LayerNorm(dim) if context_dim else None
-        self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
+        self.attn = Attention(dim, heads, causal=causal, concat_dim=context_dim if concat else None)
+        self.norm2 = nn.LayerNorm(dim) if context_dim and not concat else None
+        self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim and not concat else None
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
@@ -109,11 +120,16 @@ class TransformerBlock(nn.Module):
         cache: KV cache of this block's self-attention (incremental decoding).
         context_cache: keys/values of the context for the cross-attention, computed once (incremental decoding).
         """
+        if self.concat:
+            return self._mlp(x + self.attn(self.norm1(x), context, context_mask=context_mask))
         x = x + self.attn(self.norm1(x), context_mask=mask, cache=cache)
         if context is not None:
             if self.cross is None or self.norm2 is None:
                 raise ValueError("context given to a TransformerBlock built without context_dim")
             x = x + self.cross(self.norm2(x), context, context_mask=context_mask, context_cache=context_cache)
+        return self._mlp(x)
+
+    def _mlp(self, x: Tensor) -> Tensor:
         return x + self.mlp(self.norm3(x))
 
 
@@ -125,11 +141,13 @@ class SpatialTransformer(nn.Module):
     fresh block is the identity and the UNet trains as a plain conv net until attention becomes useful.
     """
 
-    def __init__(self, ch: int, heads: int, context_dim: int | None = None, depth: int = 1):
+    def __init__(self, ch: int, heads: int, context_dim: int | None = None, depth: int = 1,
+                 text_attention: str = "cross"):
         super().__init__()
         self.norm = group_norm(ch)
         self.proj_in = nn.Linear(ch, ch)
-        self.blocks = nn.ModuleList(TransformerBlock(ch, heads, context_dim=context_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(ch, heads, context_dim=context_dim, text_attention=text_attention)
+                                    for _ in range(depth))
         self.proj_out = nn.Linear(ch, ch)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)

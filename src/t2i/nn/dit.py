@@ -14,7 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from t2i.nn.attention import Attention
+from t2i.nn.blocks import check_text_attention
 from t2i.nn.embeddings import TimestepEmbedding, timestep_embedding
+from t2i.nn.unet import add_aug
 
 
 @dataclass
@@ -33,6 +35,12 @@ class DiTConfig:
     # 2D sin-cos table, here only the starting point). With sincos, "left of" is already a direction in the
     # embedding at step 0 instead of something the denoiser has to discover (docs/ldm.md, Round 4).
     pos_init: str = "random"
+    text_attention: str = "cross"  # cross (PixArt) | concat (text K/V in front of the image tokens', GLIDE)
+    # > 0: the tokens are unpatchified to this many channels and a small conv head (3x3 conv, SiLU, 3x3 conv)
+    # makes the output (U-ViT's final conv): pixels near a patch edge then see the neighbouring patch, which a
+    # per-patch linear output cannot, and large pixel patches stop showing as tiles. 0: the linear output alone.
+    conv_head: int = 0
+    aug_embed: bool = False  # a second time embedding for a low-res input's noise level (super-resolution)
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -50,12 +58,14 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, context_dim: int | None):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, context_dim: int | None, text_attention: str = "cross"):
         super().__init__()
+        check_text_attention(text_attention)
+        self.concat = text_attention == "concat" and bool(context_dim)
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
-        self.attn = Attention(dim, heads)
-        self.norm_c = nn.LayerNorm(dim) if context_dim else None
-        self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim else None
+        self.attn = Attention(dim, heads, concat_dim=context_dim if self.concat else None)
+        self.norm_c = nn.LayerNorm(dim) if context_dim and not self.concat else None
+        self.cross = Attention(dim, heads, context_dim=context_dim) if context_dim and not self.concat else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
@@ -65,7 +75,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         s1, b1, g1, s2, b2, g2 = self.ada(emb)[:, None].chunk(6, dim=-1)
-        x = x + g1 * self.attn(self.norm1(x) * (1 + s1) + b1)
+        h = self.norm1(x) * (1 + s1) + b1
+        x = x + g1 * (self.attn(h, context, context_mask=context_mask) if self.concat else self.attn(h))
         if context is not None and self.cross is not None and self.norm_c is not None:
             x = x + self.cross(self.norm_c(x), context, context_mask=context_mask)
         return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
@@ -86,16 +97,22 @@ class DiT(nn.Module):
         self.pos = nn.Parameter(table[None])
         self.time_embed = TimestepEmbedding(d, d)
         self.pooled_proj = nn.Linear(cfg.pooled_dim, d) if cfg.pooled_dim else None
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, cfg.context_dim) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, cfg.context_dim, cfg.text_attention)
+                                    for _ in range(cfg.depth))
+        self.aug_embed = TimestepEmbedding(d, d) if cfg.aug_embed else None
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, cfg.out_channels * p * p)
-        for m in (self.ada_out, self.out):
+        head = cfg.conv_head
+        self.out = nn.Linear(d, (head or cfg.out_channels) * p * p)
+        self.head = (nn.Sequential(nn.Conv2d(head, head, 3, padding=1), nn.SiLU(),
+                                   nn.Conv2d(head, cfg.out_channels, 3, padding=1)) if head else None)
+        zero = [self.ada_out, self.head[-1]] if self.head is not None else [self.ada_out, self.out]
+        for m in zero:  # a fresh DiT outputs exactly zero, like the UNet
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                pooled: Tensor | None = None) -> Tensor:
+                pooled: Tensor | None = None, aug: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
         p, g = self.cfg.patch, self.grid
         if (h, w) != (self.cfg.input_size,) * 2:
@@ -106,10 +123,10 @@ class DiT(nn.Module):
         emb = self.time_embed(t.expand(b) if t.ndim == 0 else t)
         if pooled is not None and self.pooled_proj is not None:
             emb = emb + self.pooled_proj(pooled)
-        emb = torch.nn.functional.silu(emb)
+        emb = torch.nn.functional.silu(add_aug(emb, self.aug_embed, aug, b))
         for block in self.blocks:
             hdn = block(hdn, emb, context, context_mask)
         shift, scale = self.ada_out(emb)[:, None].chunk(2, dim=-1)
         out = self.out(self.norm_out(hdn) * (1 + scale) + shift)
         out = out.reshape(b, g, g, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, h, w)
-        return out
+        return out if self.head is None else self.head(out)

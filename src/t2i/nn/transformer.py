@@ -1,8 +1,9 @@
 """A small bidirectional transformer text encoder (the role CLIP's / T5's encoder plays at full scale).
 
 Token embedding + learned positions, pre-LN TransformerBlocks attending only to real tokens, final
-LayerNorm. It returns per-token features (what cross-attention reads) and a mask-aware mean (a pooled
-vector for models that condition on a single embedding). Padding is masked out of every attention, so
+LayerNorm. It returns per-token features (what cross-attention reads) and a pooled vector for models that
+condition on a single embedding: the mask-aware mean, or (``pool="last"``, GLIDE) the last real token's
+state, which has attended to the whole caption. Padding is masked out of every attention, so
 the features of a caption do not depend on how much padding its batch needed.
 """
 
@@ -23,6 +24,7 @@ class TextEncoderConfig:
     dim: int = 128
     depth: int = 2
     heads: int = 4
+    pool: str = "mean"  # mean | last
 
 
 class TextEncoder(nn.Module):
@@ -34,6 +36,8 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
+        if cfg.pool not in ("mean", "last"):
+            raise ValueError(f"pool must be mean or last, got {cfg.pool!r}")
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """ids (B, L) long, mask (B, L) bool (True = real token) -> tokens (B, L, dim), pooled (B, dim).
@@ -47,6 +51,9 @@ class TextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask=mask)
         x = self.norm(x)
+        if self.cfg.pool == "last":
+            last = (mask.long().sum(dim=1) - 1).clamp(min=0)
+            return x, x[torch.arange(x.shape[0], device=x.device), last]
         w = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
         return x, pooled

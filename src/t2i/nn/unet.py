@@ -9,6 +9,11 @@ through cross-attention. The output conv starts at zero, so a fresh model predic
 of any of the diffusion targets -- and training starts from a sensible place.
 
 `t` is whatever float the caller's schedule uses (t2i passes t in [0, 1]); the UNet only embeds it.
+
+The pixel families' options: `text_attention="concat"` (GLIDE: text keys/values in front of the pixels'
+own in one self-attention), `aug_embed` (a cascade's super-resolution stage: the noise level its low-res
+input was corrupted with, embedded like t and added to the time embedding; Imagen), `skip_scale` (Imagen's
+Efficient UNet scales the skips by 1/sqrt(2), keeping the decoder's input variance from doubling).
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ class UNetConfig:
     # that every ResBlock sees from the first step, while cross-attention learns where things go
     pooled_dim: int | None = None
     dropout: float = 0.0
+    text_attention: str = "cross"  # cross (LDM) | concat (GLIDE: text K/V in front of the pixels')
+    aug_embed: bool = False  # a second time embedding for the noise-augmentation level (super-resolution)
+    skip_scale: float = 1.0  # Imagen's Efficient UNet: 1/sqrt(2)
+
+
+def add_aug(emb: Tensor, embed: nn.Module | None, aug: Tensor | None, batch: int) -> Tensor:
+    """The time embedding plus the embedded augmentation level, for backbones built with `aug_embed`."""
+    if (aug is None) != (embed is None):
+        raise ValueError("aug (the low-res input's noise level) is given exactly when the backbone has aug_embed")
+    if aug is None or embed is None:
+        return emb
+    aug = torch.as_tensor(aug, device=emb.device)
+    return emb + embed(aug.expand(batch) if aug.ndim == 0 else aug)
 
 
 class _Stage(nn.Module):
@@ -47,7 +65,8 @@ class _Stage(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, attn: bool, cfg: UNetConfig):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
-        self.attn = SpatialTransformer(out_ch, cfg.heads, cfg.context_dim) if attn else None
+        self.attn = (SpatialTransformer(out_ch, cfg.heads, cfg.context_dim, text_attention=cfg.text_attention)
+                     if attn else None)
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         x = self.res(x, emb)
@@ -62,6 +81,7 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.time_embed = TimestepEmbedding(ch, emb_dim)
         self.pooled_proj = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
+        self.aug_embed = TimestepEmbedding(ch, emb_dim) if cfg.aug_embed else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -92,9 +112,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None, pooled: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, pooled: Tensor | None = None, aug: Tensor | None = None) -> Tensor:
         """x (B, C, H, W), t (B,) or scalar float, context (B, L, context_dim), context_mask (B, L) bool,
-        pooled (B, pooled_dim).
+        pooled (B, pooled_dim), aug (B,) the noise-augmentation level of a low-res input (aug_embed).
 
         H and W must be divisible by 2**(len(channel_mult) - 1) so the skips line up.
         """
@@ -109,6 +129,7 @@ class UNet(nn.Module):
             if self.pooled_proj is None:
                 raise ValueError("pooled conditioning given to a UNet built without pooled_dim")
             emb = emb + self.pooled_proj(pooled)
+        emb = add_aug(emb, self.aug_embed, aug, x.shape[0])
 
         h = self.conv_in(x)
         hs = [h]
@@ -119,7 +140,9 @@ class UNet(nn.Module):
             h = m(h, emb, context, context_mask)
         for m in self.up:
             if isinstance(m, _Stage):
-                h = m(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+                skip = hs.pop()
+                h = m(torch.cat([h, skip if self.cfg.skip_scale == 1 else skip * self.cfg.skip_scale], dim=1),
+                      emb, context, context_mask)
             else:
                 h = m(h)
         return self.conv_out(F.silu(self.norm_out(h)))

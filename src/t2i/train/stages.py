@@ -39,10 +39,16 @@ class TextConfig:
     dim: int = 128
     depth: int = 2
     heads: int = 4
+    pool: str = "mean"  # the pooled vector added to the time embedding: mean of tokens | last (GLIDE)
+
+    def validate(self, where: str) -> None:
+        from t2i.config import require
+
+        require(self.pool in ("mean", "last"), where, "pool", "must be mean or last", self.pool)
 
     def encoder(self, vocab_size: int) -> TextEncoderConfig:
         return TextEncoderConfig(vocab_size=vocab_size, max_len=self.max_len, dim=self.dim, depth=self.depth,
-                                 heads=self.heads)
+                                 heads=self.heads, pool=self.pool)
 
 
 class Stages:

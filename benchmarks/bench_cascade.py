@@ -1,0 +1,247 @@
+"""The pixel cascade families (GLIDE, Imagen): train the quick preset, then ShapesBench at 64 px.
+
+Reports, on one trained run: the full cascade with the default sampler (the figure of the preset), the base
+stage alone (32 px, scored as it is: ShapesBench passes ground truth at every resolution 32..512), a sweep
+of the SR stage's noise-augmentation level, a guidance sweep with thresholding on and off, 20-step
+DPM-Solver++ against 250-step DDPM per stage, cascade sampling speed, and the training curve of each stage.
+
+    .venv/bin/python benchmarks/bench_cascade.py --family glide --train --record
+    .venv/bin/python benchmarks/bench_cascade.py --family imagen --run runs/imagen-quick --record
+
+`--train` resumes an interrupted run (the same command again). Each figure takes 600 images of one seed
+set unless `--limit` says fewer (the sweeps use --sweep-limit, 300 by default: they compare settings, the
+600-image figure of the default settings is the one recorded as the preset's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import record
+
+
+def row(label: str, res: dict, kinds: list[str]) -> str:
+    s = res["sampling"]
+    return (f"| {label} | " + " | ".join(f"{res['kinds'][k]:.3f}" for k in kinds)
+            + f" | {res['overall']:.3f} | {res['novel']:.3f} | {s['images_per_s']:.1f} |")
+
+
+def compare(runs: list[str]) -> list[str]:
+    from t2i.eval.runs import evaluate
+    from t2i.train.rundir import read_meta
+
+    out = ["| run | text encoder | training min | " + " | ".join(("single", "size", "two", "position", "counting"))
+           + " | overall | novel |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        meta = read_meta(run)
+        enc = meta.get("text_encoder", {})
+        res = evaluate(run, progress=False)
+        out.append(f"| `{run}` | {enc.get('kind', '?')} (width {enc.get('width', '?')}) | "
+                   f"{sum(meta['train_seconds'].values()) / 60:.1f} | "
+                   + " | ".join(f"{v:.3f}" for v in res["kinds"].values())
+                   + f" | {res['overall']:.3f} | {res['novel']:.3f} |")
+    return out
+
+
+def backbone_times(reps: int = 3) -> list[str]:
+    """Training step time (forward, backward, AdamW; bf16 autocast) of the pixel backbones considered."""
+    import torch
+
+    from t2i.nn.dit import DiT, DiTConfig
+    from t2i.nn.unet import UNet, UNetConfig
+
+    text = {"context_dim": 128, "pooled_dim": 128, "text_attention": "concat"}
+    cands = [
+        ("base 32 px: DiT 256x4, 8x8 patches (16 tokens)", 32, 3, 128,
+         lambda: DiT(DiTConfig(3, 3, input_size=32, patch=8, dim=256, depth=4, **text))),
+        ("base 32 px: DiT 192x4, 4x4 patches (64 tokens)", 32, 3, 128,
+         lambda: DiT(DiTConfig(3, 3, input_size=32, patch=4, dim=192, depth=4, **text))),
+        ("base 32 px: DiT 256x4, 4x4 patches (64 tokens)", 32, 3, 128,
+         lambda: DiT(DiTConfig(3, 3, input_size=32, patch=4, dim=256, depth=4, **text))),
+        ("base 32 px: ADM UNet 64 ch, mult 1-2-2, attention at 16 and 8 px", 32, 3, 128,
+         lambda: UNet(UNetConfig(3, 3, channels=64, channel_mult=(1, 2, 2), attention_levels=(1, 2), **text))),
+        ("base 32 px: ADM UNet 64 ch, mult 1-2-3, attention at 8 px", 32, 3, 128,
+         lambda: UNet(UNetConfig(3, 3, channels=64, channel_mult=(1, 2, 3), attention_levels=(2,), **text))),
+        ("SR 64 px: DiT 256x4, 16x16 patches (16 tokens)", 64, 6, 128,
+         lambda: DiT(DiTConfig(6, 3, input_size=64, patch=16, dim=256, depth=4, aug_embed=True, **text))),
+        ("SR 64 px: DiT 256x4, 8x8 patches (64 tokens)", 64, 6, 128,
+         lambda: DiT(DiTConfig(6, 3, input_size=64, patch=8, dim=256, depth=4, aug_embed=True, **text))),
+        ("SR 64 px: UNet 32 ch, mult 1-2-2, attention at 16 px", 64, 6, 128,
+         lambda: UNet(UNetConfig(6, 3, channels=32, channel_mult=(1, 2, 2), attention_levels=(2,), aug_embed=True,
+                                 **text))),
+    ]
+    rows = ["| backbone | batch | s/step | params |", "|---|---|---|---|"]
+    for name, side, inc, batch, make in cands:
+        torch.manual_seed(0)
+        net = make().to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(net.parameters(), 1e-4)
+        x = torch.randn(batch, inc, side, side).contiguous(memory_format=torch.channels_last)
+        kw = {"context": torch.randn(batch, 24, 128), "context_mask": torch.ones(batch, 24, dtype=torch.bool),
+              "pooled": torch.randn(batch, 128)}
+        if inc == 6:
+            kw["aug"] = torch.rand(batch)
+        times = []
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = net(x, torch.rand(batch), **kw).float().square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if i:  # the first step warms up
+                times.append(time.perf_counter() - t0)
+        rows.append(f"| {name} | {batch} | {sum(times) / len(times):.2f} | {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M |")
+    return rows
+
+
+def inpaint_bench(run: Path, n: int) -> list[str]:
+    """Fill the masked object of `n` two-object test scenes (the mask: that object's pixels dilated by 2 px)
+    with the scene's canonical caption; the rest must stay within MAE 3/255 of the input."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    from t2i.api import load_generator
+    from t2i.data.shapes import BACKGROUND, random_spec, render, scene_for
+    from t2i.eval.shapesbench import score_image
+    from t2i.families.base import Input
+
+    pipe = load_generator(run)
+    rng = random.Random(1234)
+    prompts, inputs, keeps = [], [], []
+    for _ in range(n):
+        spec = random_spec(rng, split="test", kind="two_object")
+        objects = scene_for(spec, rng)
+        scene = render(objects, 64)
+        alone = np.asarray(render([objects[rng.randrange(2)]], 64), dtype=int)
+        region = ndimage.binary_dilation(np.abs(alone - np.array(BACKGROUND)).max(-1) > 8, iterations=2)
+        prompts.append(spec.canonical)
+        inputs.append(Input("inpaint", scene, Image.fromarray((region * 255).astype(np.uint8), "L")))
+        keeps.append(~region)
+    t = time.perf_counter()
+    out = []
+    for i in range(0, n, 64):
+        out += pipe(prompts[i:i + 64], seeds=list(range(i, min(i + 64, n))), inputs=inputs[i:i + 64])
+    sec = time.perf_counter() - t
+    mae = [float(np.abs(np.asarray(o, dtype=float) - np.asarray(inp.image, dtype=float))[k].mean())
+           for o, inp, k in zip(out, inputs, keeps, strict=True)]
+    passed = [score_image(o, p)[0] for o, p in zip(out, prompts, strict=True)]
+    return [f"- inpainting ({n} two-object test scenes, one object masked, canonical caption): "
+            f"{np.mean(passed):.3f} pass ShapesBench; outside the mask MAE mean {np.mean(mae):.2f}/255, max "
+            f"{max(mae):.2f}/255 ({sum(m <= 3 for m in mae)}/{n} within 3/255); {n / sec:.1f} images/s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=["glide", "imagen"], default="glide")
+    ap.add_argument("--backbones", action="store_true", help="only time the candidate pixel backbones")
+    ap.add_argument("--compare", help="RUN,RUN,...: only ShapesBench of these runs side by side (e.g. the same "
+                    "preset trained with three text encoders)")
+    ap.add_argument("--run", default=None, help="default runs/FAMILY-quick")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--set", action="append", default=[], help="extra --set for training")
+    ap.add_argument("--train", action="store_true", help="train (or resume) the preset into --run first")
+    ap.add_argument("--limit", type=int, default=None, help="prompts for the main figure (default all 600)")
+    ap.add_argument("--sweep-limit", type=int, default=300)
+    ap.add_argument("--aug-levels", default="0,0.1,0.2,0.3,0.5")
+    ap.add_argument("--guidance", default="1,2,3,5,8")
+    ap.add_argument("--thresholdings", default=None, help="default: dynamic,none for imagen, none for glide")
+    ap.add_argument("--ddpm-steps", type=int, default=250)
+    ap.add_argument("--skip-sweeps", action="store_true")
+    ap.add_argument("--inpaint", type=int, default=200, help="inpainting scenes (runs with an inpainting variant)")
+    ap.add_argument("--guides", default="cfg,clip,both", help="guidance comparison (runs with a noised CLIP)")
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    if args.compare:
+        record("Imagen's text-encoder comparison (same preset and budget, 600 prompts each)",
+               compare(args.compare.split(",")), args.record)
+        return
+    if args.backbones:
+        record("Pixel backbones: training step time (bf16, 2 threads)", backbone_times(), args.record)
+        return
+    run = Path(args.run or f"runs/{args.family}-quick")
+    t2i_cli = [sys.executable, "-m", "t2i.cli"]
+    if args.train:
+        cmd = [*t2i_cli, "train", "--family", args.family, "--preset", args.preset, "--out", str(run), "-q",
+               *[x for s in args.set for x in ("--set", s)]]
+        if (run / "run.json").exists():
+            cmd = [*t2i_cli, "train", "--resume", "--out", str(run), "-q"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        print(f"training wall-clock this invocation: {(time.perf_counter() - t) / 60:.1f} min")
+
+    from t2i.eval.runs import evaluate
+    from t2i.train.rundir import read_meta
+
+    meta = read_meta(run)
+    secs = meta["train_seconds"]
+    train_min = sum(secs.values()) / 60
+    main_res = evaluate(run, limit=args.limit, progress=False)
+    base_res = evaluate(run, limit=args.limit, progress=False, stop_at="base", out_name="bench_base")
+    kinds = list(main_res["kinds"])
+    head = ["| setting | " + " | ".join(kinds) + " | overall | novel | images/s |", "|---|" + "---|" * (len(kinds) + 3)]
+    s = main_res["sampling"]
+    rows = [f"run `{run}` (family {args.family}, preset `{meta.get('preset')}`), training time {train_min:.1f} min "
+            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in secs.items())} min), {len(main_res['per_image'])} prompts"
+            if "per_image" in main_res else
+            f"run `{run}` (family {args.family}, preset `{meta.get('preset')}`), training time {train_min:.1f} min "
+            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in secs.items())} min)", "", *head,
+            row(f"cascade 64 px: {s['sampler']} {s['steps']} + SR {s['sr_sampler']} {s['sr_steps']}, guidance "
+                f"{s['guidance']}/{s['sr_guidance']}, aug {s['aug_level']}, thresholding {s['thresholding']}",
+                main_res, kinds),
+            row("base alone, 32 px", base_res, kinds)]
+    if not args.skip_sweeps:
+        lim = args.sweep_limit
+        for a in (float(x) for x in args.aug_levels.split(",")):
+            rows.append(row(f"aug level {a} ({lim} prompts)",
+                            evaluate(run, limit=lim, progress=False, aug_level=a, out_name="bench_sweep"), kinds))
+        for th in (args.thresholdings or ("dynamic,none" if args.family == "imagen" else "none")).split(","):
+            for g in (float(x) for x in args.guidance.split(",")):
+                rows.append(row(f"base guidance {g}, thresholding {th} ({lim} prompts)",
+                                evaluate(run, limit=lim, progress=False, guidance=g, thresholding=th,
+                                         out_name="bench_sweep"), kinds))
+        ddpm = evaluate(run, limit=lim, progress=False, sampler="ddpm", steps=args.ddpm_steps, sr_sampler="ddpm",
+                        sr_steps=args.ddpm_steps, out_name="bench_sweep")
+        fast = evaluate(run, limit=lim, progress=False, sampler="dpmpp-2m", steps=20, sr_sampler="dpmpp-2m",
+                        sr_steps=20, out_name="bench_sweep")
+        rows += [row(f"DDPM {args.ddpm_steps} steps per stage ({lim} prompts)", ddpm, kinds),
+                 row(f"DPM-Solver++ 20 steps per stage ({lim} prompts)", fast, kinds),
+                 "", f"- 20-step DPM-Solver++ against {args.ddpm_steps}-step DDPM per stage: "
+                 f"{fast['overall']:.3f} vs {ddpm['overall']:.3f} ({fast['overall'] - ddpm['overall']:+.3f})"]
+    if meta.get("inpaint") and args.inpaint:
+        rows += inpaint_bench(run, args.inpaint)
+    if "noised_clip" in meta.get("stages_done", []) and not args.skip_sweeps:
+        rows += ["", "Guidance on the same weights (base stage; the SR stage as the preset):", "", *head]
+        for guide in args.guides.split(","):
+            res = evaluate(run, limit=args.sweep_limit, progress=False, guide=guide, out_name="bench_sweep")
+            g = res["sampling"]
+            rows.append(row(f"--guide {guide} (guidance {g['guidance']}, clip scale {g['clip_scale']}, "
+                            f"{args.sweep_limit} prompts)", res, kinds))
+    rows += ["", f"- what the SR stage adds: cascade {main_res['overall']:.3f} against the 32 px base alone "
+             f"{base_res['overall']:.3f} ({main_res['overall'] - base_res['overall']:+.3f})",
+             f"- cascade sampling speed: {s['images_per_s']:.2f} images/s (batch 64, both stages, the preset's steps)"]
+    curve = run / "eval.csv"
+    if curve.exists():
+        rows += ["", "ShapesBench (100-prompt probe) against training minutes (base probes score the 32 px base):", "",
+                 "| stage | step | train min | overall | counting | position | novel |", "|---|---|---|---|---|---|---|"]
+        with curve.open() as f:
+            for r in csv.DictReader(f):
+                rows.append(f"| {r.get('stage', '')} | {r['step']} | {float(r['train_minutes']):.1f} | "
+                            f"{float(r['shapesbench']):.3f} | {r.get('counting', '')} | {r.get('position', '')} | "
+                            f"{r.get('novel', '')} |")
+    record(f"{args.family} quick preset (pixel cascade)", rows, args.record, current={
+        f"{args.family} {meta.get('preset')}": (
+            f"{main_res['overall']:.3f} (novel {main_res['novel']:.3f}; cascade {s['sampler']} {s['steps']} + SR "
+            f"{s['sr_steps']} steps; base alone {base_res['overall']:.3f})",
+            main_res["version"].removeprefix("shapesbench-"), f"{train_min:.1f} min")})
+
+
+if __name__ == "__main__":
+    main()
