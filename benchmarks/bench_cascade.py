@@ -9,7 +9,7 @@ DPM-Solver++ against 250-step DDPM per stage, cascade sampling speed, and the tr
     .venv/bin/python benchmarks/bench_cascade.py --family imagen --run runs/imagen-quick --record
 
 `--train` resumes an interrupted run (the same command again). Each figure takes 600 images of one seed
-set unless `--limit` says fewer (the sweeps use --sweep-limit, 300 by default: they compare settings, the
+set unless `--limit` says fewer (the sweeps use --sweep-limit, 200 by default: they compare settings, the
 600-image figure of the default settings is the one recorded as the preset's).
 """
 
@@ -31,18 +31,18 @@ def row(label: str, res: dict, kinds: list[str]) -> str:
             + f" | {res['overall']:.3f} | {res['novel']:.3f} | {s['images_per_s']:.1f} |")
 
 
-def compare(runs: list[str]) -> list[str]:
+def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
     from t2i.eval.runs import evaluate
     from t2i.train.rundir import read_meta
 
-    out = ["| run | text encoder | training min | " + " | ".join(("single", "size", "two", "position", "counting"))
+    out = ["| run | text encoder | base stage min (all stages) | " + " | ".join(("single", "size", "two", "position", "counting"))
            + " | overall | novel |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         meta = read_meta(run)
         enc = meta.get("text_encoder", {})
-        res = evaluate(run, progress=False)
+        res = evaluate(run, progress=False, **({"stop_at": stop_at, "out_name": f"bench_{stop_at}"} if stop_at else {}))
         out.append(f"| `{run}` | {enc.get('kind', '?')} (width {enc.get('width', '?')}) | "
-                   f"{sum(meta['train_seconds'].values()) / 60:.1f} | "
+                   f"{meta['train_seconds'].get('base', 0) / 60:.1f} ({sum(meta['train_seconds'].values()) / 60:.1f}) | "
                    + " | ".join(f"{v:.3f}" for v in res["kinds"].values())
                    + f" | {res['overall']:.3f} | {res['novel']:.3f} |")
     return out
@@ -122,7 +122,7 @@ def inpaint_bench(run: Path, n: int) -> list[str]:
         scene = render(objects, 64)
         alone = np.asarray(render([objects[rng.randrange(2)]], 64), dtype=int)
         region = ndimage.binary_dilation(np.abs(alone - np.array(BACKGROUND)).max(-1) > 8, iterations=2)
-        prompts.append(spec.canonical)
+        prompts.append(spec.canonical())
         inputs.append(Input("inpaint", scene, Image.fromarray((region * 255).astype(np.uint8), "L")))
         keeps.append(~region)
     t = time.perf_counter()
@@ -141,6 +141,7 @@ def inpaint_bench(run: Path, n: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=["glide", "imagen"], default="glide")
+    ap.add_argument("--stop-at", default=None, help="with --compare: score this stage's images (base)")
     ap.add_argument("--backbones", action="store_true", help="only time the candidate pixel backbones")
     ap.add_argument("--compare", help="RUN,RUN,...: only ShapesBench of these runs side by side (e.g. the same "
                     "preset trained with three text encoders)")
@@ -149,19 +150,21 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra --set for training")
     ap.add_argument("--train", action="store_true", help="train (or resume) the preset into --run first")
     ap.add_argument("--limit", type=int, default=None, help="prompts for the main figure (default all 600)")
-    ap.add_argument("--sweep-limit", type=int, default=300)
+    ap.add_argument("--sweep-limit", type=int, default=200)
     ap.add_argument("--aug-levels", default="0,0.1,0.2,0.3,0.5")
     ap.add_argument("--guidance", default="1,2,3,5,8")
     ap.add_argument("--thresholdings", default=None, help="default: dynamic,none for imagen, none for glide")
-    ap.add_argument("--ddpm-steps", type=int, default=250)
+    ap.add_argument("--ddpm-steps", type=int, default=250, help="0 skips the DDPM comparison")
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--inpaint", type=int, default=200, help="inpainting scenes (runs with an inpainting variant)")
     ap.add_argument("--guides", default="cfg,clip,both", help="guidance comparison (runs with a noised CLIP)")
+    ap.add_argument("--clip-scales", default="5,20,80", help="CLIP guidance scales for --guide clip and both")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     if args.compare:
-        record("Imagen's text-encoder comparison (same preset and budget, 600 prompts each)",
-               compare(args.compare.split(",")), args.record)
+        what = f", scored at the {args.stop_at} stage" if args.stop_at else ""
+        record(f"Imagen's text-encoder comparison (same preset and budget{what}, 600 prompts each)",
+               compare(args.compare.split(","), args.stop_at), args.record)
         return
     if args.backbones:
         record("Pixel backbones: training step time (bf16, 2 threads)", backbone_times(), args.record)
@@ -182,16 +185,17 @@ def main() -> None:
 
     meta = read_meta(run)
     secs = meta["train_seconds"]
-    train_min = sum(secs.values()) / 60
+    # the quick preset's budget covers every stage the samples come from; the inpainting variant is a
+    # fine-tune for another task, reported beside it
+    train_min = sum(v for k, v in secs.items() if k != "inpaint") / 60
+    training = f"{train_min:.1f} min" + (f" (+ inpaint fine-tune {secs['inpaint'] / 60:.1f} min)" if "inpaint" in secs
+                                         else "")
     main_res = evaluate(run, limit=args.limit, progress=False)
     base_res = evaluate(run, limit=args.limit, progress=False, stop_at="base", out_name="bench_base")
     kinds = list(main_res["kinds"])
     head = ["| setting | " + " | ".join(kinds) + " | overall | novel | images/s |", "|---|" + "---|" * (len(kinds) + 3)]
     s = main_res["sampling"]
-    rows = [f"run `{run}` (family {args.family}, preset `{meta.get('preset')}`), training time {train_min:.1f} min "
-            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in secs.items())} min), {len(main_res['per_image'])} prompts"
-            if "per_image" in main_res else
-            f"run `{run}` (family {args.family}, preset `{meta.get('preset')}`), training time {train_min:.1f} min "
+    rows = [f"run `{run}` (family {args.family}, preset `{meta.get('preset')}`), training time {training} "
             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in secs.items())} min)", "", *head,
             row(f"cascade 64 px: {s['sampler']} {s['steps']} + SR {s['sr_sampler']} {s['sr_steps']}, guidance "
                 f"{s['guidance']}/{s['sr_guidance']}, aug {s['aug_level']}, thresholding {s['thresholding']}",
@@ -207,23 +211,26 @@ def main() -> None:
                 rows.append(row(f"base guidance {g}, thresholding {th} ({lim} prompts)",
                                 evaluate(run, limit=lim, progress=False, guidance=g, thresholding=th,
                                          out_name="bench_sweep"), kinds))
-        ddpm = evaluate(run, limit=lim, progress=False, sampler="ddpm", steps=args.ddpm_steps, sr_sampler="ddpm",
-                        sr_steps=args.ddpm_steps, out_name="bench_sweep")
-        fast = evaluate(run, limit=lim, progress=False, sampler="dpmpp-2m", steps=20, sr_sampler="dpmpp-2m",
-                        sr_steps=20, out_name="bench_sweep")
-        rows += [row(f"DDPM {args.ddpm_steps} steps per stage ({lim} prompts)", ddpm, kinds),
-                 row(f"DPM-Solver++ 20 steps per stage ({lim} prompts)", fast, kinds),
-                 "", f"- 20-step DPM-Solver++ against {args.ddpm_steps}-step DDPM per stage: "
-                 f"{fast['overall']:.3f} vs {ddpm['overall']:.3f} ({fast['overall'] - ddpm['overall']:+.3f})"]
+        if args.ddpm_steps:
+            ddpm = evaluate(run, limit=lim, progress=False, sampler="ddpm", steps=args.ddpm_steps, sr_sampler="ddpm",
+                            sr_steps=args.ddpm_steps, out_name="bench_sweep")
+            fast = evaluate(run, limit=lim, progress=False, sampler="dpmpp-2m", steps=20, sr_sampler="dpmpp-2m",
+                            sr_steps=20, out_name="bench_sweep")
+            rows += [row(f"DDPM {args.ddpm_steps} steps per stage ({lim} prompts)", ddpm, kinds),
+                     row(f"DPM-Solver++ 20 steps per stage ({lim} prompts)", fast, kinds),
+                     "", f"- 20-step DPM-Solver++ against {args.ddpm_steps}-step DDPM per stage: "
+                     f"{fast['overall']:.3f} vs {ddpm['overall']:.3f} ({fast['overall'] - ddpm['overall']:+.3f})"]
     if meta.get("inpaint") and args.inpaint:
         rows += inpaint_bench(run, args.inpaint)
     if "noised_clip" in meta.get("stages_done", []) and not args.skip_sweeps:
         rows += ["", "Guidance on the same weights (base stage; the SR stage as the preset):", "", *head]
         for guide in args.guides.split(","):
-            res = evaluate(run, limit=args.sweep_limit, progress=False, guide=guide, out_name="bench_sweep")
-            g = res["sampling"]
-            rows.append(row(f"--guide {guide} (guidance {g['guidance']}, clip scale {g['clip_scale']}, "
-                            f"{args.sweep_limit} prompts)", res, kinds))
+            for scale in ([None] if guide == "cfg" else [float(x) for x in args.clip_scales.split(",")]):
+                res = evaluate(run, limit=args.sweep_limit, progress=False, guide=guide, clip_scale=scale,
+                               out_name="bench_sweep")
+                g = res["sampling"]
+                rows.append(row(f"--guide {guide} (guidance {g['guidance']}, clip scale {g['clip_scale']}, "
+                                f"{args.sweep_limit} prompts)", res, kinds))
     rows += ["", f"- what the SR stage adds: cascade {main_res['overall']:.3f} against the 32 px base alone "
              f"{base_res['overall']:.3f} ({main_res['overall'] - base_res['overall']:+.3f})",
              f"- cascade sampling speed: {s['images_per_s']:.2f} images/s (batch 64, both stages, the preset's steps)"]
@@ -240,7 +247,7 @@ def main() -> None:
         f"{args.family} {meta.get('preset')}": (
             f"{main_res['overall']:.3f} (novel {main_res['novel']:.3f}; cascade {s['sampler']} {s['steps']} + SR "
             f"{s['sr_steps']} steps; base alone {base_res['overall']:.3f})",
-            main_res["version"].removeprefix("shapesbench-"), f"{train_min:.1f} min")})
+            main_res["version"].removeprefix("shapesbench-"), training)})
 
 
 if __name__ == "__main__":

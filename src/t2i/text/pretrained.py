@@ -116,7 +116,7 @@ class FrozenCLIPText(CachedStates):
 
     @torch.no_grad()
     def _run(self, captions: list[str]) -> list[Tensor]:
-        ids, mask = self.tokenizer.encode(captions, self.max_len)
+        ids, mask = self.tokenizer.encode(captions, min(self.max_len, self.encoder.cfg.max_len))  # the tower's own limit
         dev = next(self.encoder.parameters()).device
         states, _ = self.encoder(ids.to(dev), mask.to(dev))
         return [states[i, :int(n)].float() for i, n in enumerate(mask.sum(dim=1).tolist())]
