@@ -44,6 +44,20 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{gpu}"
 
 
+def train_or_resume(family: str, preset: str, run: Path, extra: list[str] | None = None) -> float:
+    """Train `preset` of `family` into `run`, or resume it when the run exists (an interrupted benchmark
+    is continued by the same command); returns this invocation's wall-clock minutes."""
+    import subprocess
+    import time
+
+    cli = [sys.executable, "-m", "t2i.cli", "train"]
+    cmd = ([*cli, "--resume", "--out", str(run), "-q"] if (run / "run.json").exists() else
+           [*cli, "--family", family, "--preset", preset, "--out", str(run), "-q", *(extra or [])])
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return (time.perf_counter() - t) / 60
+
+
 def record(title: str, rows: list[str], save: bool, current: dict[str, tuple[str, str, str]] | None = None) -> None:
     """Print a result block; with `save`, append it to benchmarks/RESULTS.md as measured, and replace (or add)
     each preset's row of the current table: `current` maps a preset name to (figure, scorer, training time)."""

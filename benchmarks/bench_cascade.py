@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import record
+from _common import record, train_or_resume
 
 
 def row(label: str, res: dict, kinds: list[str]) -> str:
@@ -170,15 +168,9 @@ def main() -> None:
         record("Pixel backbones: training step time (bf16, 2 threads)", backbone_times(), args.record)
         return
     run = Path(args.run or f"runs/{args.family}-quick")
-    t2i_cli = [sys.executable, "-m", "t2i.cli"]
     if args.train:
-        cmd = [*t2i_cli, "train", "--family", args.family, "--preset", args.preset, "--out", str(run), "-q",
-               *[x for s in args.set for x in ("--set", s)]]
-        if (run / "run.json").exists():
-            cmd = [*t2i_cli, "train", "--resume", "--out", str(run), "-q"]
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        print(f"training wall-clock this invocation: {(time.perf_counter() - t) / 60:.1f} min")
+        minutes = train_or_resume(args.family, args.preset, run, [x for s in args.set for x in ("--set", s)])
+        print(f"training wall-clock this invocation: {minutes:.1f} min")
 
     from t2i.eval.runs import evaluate
     from t2i.train.rundir import read_meta

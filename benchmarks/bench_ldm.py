@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from _common import record
+from _common import record, train_or_resume
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
@@ -121,14 +119,8 @@ def main() -> None:
     if args.width_sweep:
         record("LDM training FLOP ratio against DiT width", width_sweep(run), args.record)
         return
-    t2i_cli = [sys.executable, "-m", "t2i.cli"]
     if args.train:
-        cmd = [*t2i_cli, "train", "--family", "ldm", "--preset", args.preset, "--out", str(run), "-q"]
-        if (run / "run.json").exists():
-            cmd = [*t2i_cli, "train", "--resume", "--out", str(run), "-q"]
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        print(f"training wall-clock this invocation: {(time.perf_counter() - t) / 60:.1f} min")
+        print(f"training wall-clock this invocation: {train_or_resume('ldm', args.preset, run):.1f} min")
     from t2i.eval.runs import evaluate
     from t2i.train.rundir import read_meta
 

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from _common import record
+from _common import record, train_or_resume
 
 FAMILIES = ("dalle", "parti", "maskgit")
 
@@ -116,11 +114,7 @@ def main() -> None:
     if args.train:
         todo = [("clip", "rerank", clip_run)] if not args.rerank else []
         for family, preset, run in todo + [(f, "quick", run) for f, run in runs.items()]:
-            cmd = [sys.executable, "-m", "t2i.cli", "train", "--family", family, "--preset", preset, "--data",
-                   "shapes", "--out", str(run), "-q"]
-            if (run / "run.json").exists():
-                cmd = [sys.executable, "-m", "t2i.cli", "train", "--resume", "--out", str(run), "-q"]
-            subprocess.run(cmd, check=True)
+            train_or_resume(family, preset, run, ["--data", "shapes"])
 
     import t2i
     from t2i.eval.runs import describe_sampling, evaluate

@@ -120,13 +120,14 @@ def _frozen(cfg: Config) -> CachedStates:
                            "sha256": sha256(weights)})
 
 
-def _text_side(cfg: Config, run: Path) -> tuple[Any, Any]:
-    """(text side, text-module factory) of a run whose text stage is done."""
+def _text_side(cfg: Config, run: Path, lm: CachedStates | None = None) -> tuple[Any, Any]:
+    """(text side, text-module factory) of a run whose text stage is done; `lm`, an already loaded frozen
+    encoder, is used rather than loaded again."""
     if cfg.text.encoder == SCRATCH:
         tokenizer = Tokenizer.load(run / "tokenizer.json")
         return BPEText(tokenizer, cfg.text.max_len), lambda: TextEncoder(cfg.text.scratch(tokenizer.vocab_size))
-    lm = _frozen(cfg)
-    return lm, lambda: TextAdapter(lm.width, cfg.text.heads)
+    frozen = lm or _frozen(cfg)
+    return frozen, lambda: TextAdapter(frozen.width, cfg.text.heads)
 
 
 def _width(cfg: Config, text: Any) -> int:
@@ -153,13 +154,14 @@ def _check_encoder(run: Path, text: Any) -> None:
 
 def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     stages = Stages(run, cfg.seed)
+    lm = None if cfg.text.encoder == SCRATCH else _frozen(cfg)  # loaded once: the text stage and training use it
     if stages.todo("text"):
-        if cfg.text.encoder == SCRATCH:
+        if lm is None:
             Tokenizer.train(captions(cfg.data, cfg.text.tokenizer_captions, cfg.seed), cfg.text.vocab_size).save(run)
             stages.finish("text", text_encoder={"kind": SCRATCH, "width": cfg.text.dim})
         else:
-            stages.finish("text", text_encoder=_frozen(cfg).identity)
-    text, module = _text_side(cfg, run)
+            stages.finish("text", text_encoder=lm.identity)
+    text, module = _text_side(cfg, run, lm)
     _check_encoder(run, text)
     train_cascade(cfg, stages, text, _net_factory(cfg, text, module), lambda b, s, **_: Pipeline(cfg, text, b, s),
                   progress)

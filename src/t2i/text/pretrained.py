@@ -15,6 +15,7 @@ attention-pooled vector for the timestep embedding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -144,9 +145,9 @@ class FrozenLM(CachedStates):
         self.model.to(self.device)
         self.width = int(self.model.config.hidden_size)
 
-    @property
+    @functools.cached_property
     def identity(self) -> dict[str, Any]:
-        """What run.json records about the encoder a run was trained with."""
+        """What run.json records about the encoder a run was trained with (hashed once per encoder)."""
         weights = self.path / "model.safetensors"
         return {"path": str(self.path), "kind": self.model.config.model_type, "width": self.width,
                 "sha256": sha256(weights) if weights.is_file() else None}
