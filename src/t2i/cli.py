@@ -237,6 +237,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- demo
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from t2i.serve.app import serve
+    except ImportError as e:
+        raise UserError(f"t2i serve needs FastAPI and uvicorn ({e.name} is missing): pip install -e . "
+                        "installs them") from None
+    serve(args.runs, args.host, args.port, args.out, args.token, args.cors, args.queue, args.threads, args.quiet)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job on the embedded dataset: look at the data, train LDM's quick preset, score it."""
     from t2i.api import train
@@ -388,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run directories, each evaluated with `t2i eval`")
     c.add_argument("--out", default="compare", help="folder for compare.md, compare.json, compare.png")
     c.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("serve", help="a web page and REST API over trained runs (http://127.0.0.1:7860/)")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run folders to serve (generators, and CLIP runs to "
+                   "rerank with)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (another than this machine's needs --token)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--out", default="t2i-served", help="folder for the results (index.jsonl + PNGs, scorable "
+                   "with t2i bench score)")
+    s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every API request")
+    s.add_argument("--cors", metavar="ORIGIN", help="allow browser requests from this origin (closed by default)")
+    s.add_argument("--queue", type=int, default=8, help="jobs waiting per run before requests get 429")
+    s.add_argument("--threads", type=int, help="torch threads for generation (default: all cores but one)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="the main job on the embedded dataset (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo")

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from t2i import monitor
 from t2i.config import require
 from t2i.diffusion.guidance import CFGDenoiser
 from t2i.diffusion.objectives import Denoiser
 from t2i.diffusion.samplers import get_sampler
 from t2i.diffusion.schedules import Schedule, schedule_sigmas
 from t2i.errors import OptionError, UserError
+from t2i.images import tensor_to_images
 from t2i.runtime import autocast
 
 
@@ -90,11 +92,14 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
             init: Tensor | None = None, strength: float = 1.0, device: torch.device | None = None,
             callback: Callable[[dict], None] | None = None,
             constrain: Callable[[Tensor], Tensor] | None = None,
-            guide: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
+            guide: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+            to_pixels: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Sample x0 for a batch (one seed per item). With `init` (clean x0), start part-way: img2img/SDEdit.
 
     `strength` is the fraction of the noise schedule to run: 1 ignores `init`, 0.3 keeps most of it.
     `constrain` maps every predicted x0 (inpainting's `Reimpose`); `guide` shifts it first (`ClipGuide`).
+    Every step is reported to the installed `t2i.monitor` (progress, cancel), with the predicted x0 as the
+    preview: through `to_pixels` for a latent space (default: x0 itself when it has 3 channels).
     """
     check_sampling(cfg.steps, cfg.guidance, cfg.sampler, strength)
     device = device or torch.device("cpu")
@@ -116,5 +121,14 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
     model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, threshold_of(cfg), constrain, guide)
     # Ancestral samplers' noise, one generator per image: an image depends on its seed, not on its batch.
     gen = [torch.Generator(device).manual_seed((s * 7919 + 1) % 2**63) for s in seeds]
+    show = to_pixels or ((lambda x0: x0) if shape[0] == 3 else None)
+    n = len(sigmas) - 1
+
+    def report(d: dict) -> None:
+        preview = None if show is None else (lambda: tensor_to_images(show(d["denoised"]).float().clamp(-1, 1)))
+        monitor.step(d["i"], n, preview)
+        if callback is not None:
+            callback(d)
+
     return get_sampler(cfg.sampler)(model, x, sigmas, extra_args={"cond": cond, "uncond": uncond},
-                                    callback=callback, disable=True, generator=gen)
+                                    callback=report, disable=True, generator=gen)

@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from t2i import monitor
 from t2i.errors import OptionError, UserError
 from t2i.images import Clip, Media
 
@@ -199,6 +200,11 @@ class Pipeline:
                  inputs: list[Input | None]) -> list[Media]:
         raise NotImplementedError
 
+    def phases(self, options: Options) -> int:
+        """Step loops (sampler runs, decoding passes) that `generate` runs per batch, for progress with ETA
+        (`t2i.monitor`): 1 here; a cascade's base and super-resolution stages make 2."""
+        return 1
+
     def options(self, **given: Any) -> Options:
         """The effective options: the given ones (None = default) over the run's defaults, checked."""
         names = {f.name for f in fields(self.Options)}
@@ -268,6 +274,7 @@ class Pipeline:
         all_prompts = [p for p in prompts for _ in range(n)]
         all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]
         all_inputs = [x for x in inputs for _ in range(n)]
+        monitor.plan(-(-len(all_prompts) // batch_size) * self.phases(opts))
         images: list[Media] = []
         for i in range(0, len(all_prompts), batch_size):
             images += self.generate(all_prompts[i:i + batch_size], all_seeds[i:i + batch_size], opts,

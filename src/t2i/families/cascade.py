@@ -288,6 +288,9 @@ class CascadePipeline(base.Pipeline):
             constrain = inpaint.Reimpose(*self._known(inputs, high_side))
         return tensor_to_images(self.upscale(x, cond, uncond, seeds, options, high_side, constrain))
 
+    def phases(self, options: base.Options) -> int:
+        return 1 if options.stop_at == "base" or self.sr_net is None else 2
+
     def upscale(self, low: Tensor, cond: dict[str, Tensor], uncond: dict[str, Tensor], seeds: list[int],
                 options: base.Options, side: int, constrain: Any = None) -> Tensor:
         """The SR stage on base images `low` in [-1, 1]: augmented at the fixed level, then denoised at `side`."""

@@ -185,7 +185,7 @@ class TextDiffusionPipeline(base.Pipeline):
                                    .to(self.device))
             x0 = denoise(self.net, self.schedule, self.cfg.diffusion.objective, [seeds[i] for i in idx], self.shape,
                          cond, uncond, sc, init=init, strength=1.0 if strength is None else strength,
-                         device=self.device)
+                         device=self.device, to_pixels=self.decode)
             with autocast(self.device, sc.precision):
                 for i, im in zip(idx, tensor_to_images(self.decode(x0).float()), strict=True):
                     out[i] = im

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from t2i import monitor
 from t2i.errors import OptionError
 from t2i.nn.attention import KVCache
 
@@ -163,6 +164,7 @@ def sample_autoregressive(next_state: Callable[[dict[str, Any], Tensor, list[KVC
         h = next_state(guide.cond, guide.rows(codes), caches)
         patch, _ = sample_patch(head, h, u[:, i], opts, guide)
         codes = torch.cat([codes, patch[:, None]], dim=1)
+        monitor.step(i, positions)
     return codes
 
 
@@ -211,4 +213,5 @@ def sample_parallel(masked_state: Callable[[dict[str, Any], Tensor], Tensor],
         if keep_masked:
             lowest = conf.argsort(dim=-1)[:, :keep_masked]
             codes = codes.scatter(1, lowest[..., None].expand(-1, -1, slots), mask_id)
+        monitor.step(s, opts.steps)
     return codes
