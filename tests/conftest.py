@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-
 # Workers run side by side (pytest -n auto), so every torch process a test starts, CLI subprocesses included,
 # takes one thread: two 2-thread processes on 2 cores ran 10-20x slower than one.
 os.environ["OMP_NUM_THREADS"] = "1"

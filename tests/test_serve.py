@@ -201,6 +201,25 @@ def test_cancel_a_queued_and_a_running_job_and_the_queue_bound(client):
         pipe.generate = slow
 
 
+def test_waiting_jobs_with_the_same_options_share_a_call_and_get_their_own_images(client):
+    engine = client.engine
+    post = lambda **b: client.post("/api/v1/generate", json={"run": "ldm", "steps": 3, **b}).json()["id"]  # noqa: E731
+    with engine.compute:
+        first = post(prompt="a red circle", seed=1)
+        t0 = time.time()
+        while engine.runs["ldm"].queue.qsize() and time.time() - t0 < 5:
+            time.sleep(0.01)
+        same = post(prompt="two blue squares", seed=9, n=2)
+        other = post(prompt="a red circle", seed=1, steps=4)  # other options: a call of its own
+    jobs = [wait(client, j) for j in (first, same, other)]
+    assert [j["state"] for j in jobs] == ["done"] * 3
+    assert [j["shared_with"] for j in jobs] == [1, 1, 0]
+    alone = wait(client, post(prompt="two blue squares", seed=10))
+    assert alone["shared_with"] == 0
+    pixels = lambda url: Image.open(io.BytesIO(client.get(url).content)).tobytes()  # noqa: E731
+    assert pixels(alone["images"][0]) == pixels(jobs[1]["images"][1])
+
+
 def test_a_failing_generation_fails_its_job_and_the_server_keeps_serving(client):
     pipe = client.engine.runs["ddpm"].pipe
     real = pipe.generate
@@ -300,6 +319,47 @@ def test_cli_serve_one_line_errors(runs, tmp_path, capsys):
     assert "t2i train --resume" in capsys.readouterr().err
 
 
+def start_server(runs, out, *extra):
+    """A real `t2i serve` in a subprocess on a free port, once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "t2i.cli", "serve", *map(str, runs), "--port", str(port),
+                               "--out", str(out), "-q", *extra], stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/runs", timeout=1)
+            return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            assert server.poll() is None, f"t2i serve exited: {server.stderr.read()}"
+            time.sleep(0.1)
+    server.kill()
+    raise AssertionError("t2i serve did not answer")
+
+
+def test_ctrl_c_finishes_the_running_job_and_loses_no_result(runs, tmp_path):
+    import signal
+
+    import httpx
+
+    server, base = start_server([runs / "ldm"], tmp_path / "out")
+    try:
+        job = httpx.post(base + "/api/v1/generate", json={"run": "ldm", "prompt": "x", "n": 16, "steps": 250}).json()["id"]
+        queued = httpx.post(base + "/api/v1/generate", json={"run": "ldm", "prompt": "y"}).json()["id"]
+        t0 = time.time()
+        while httpx.get(f"{base}/api/v1/jobs/{job}").json()["state"] == "queued" and time.time() - t0 < 20:
+            time.sleep(0.02)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(60) in (0, 130)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    rows = read_index(tmp_path / "out")
+    assert [r["job"] for r in rows] == [job] * 16  # the running job finished; the queued one was cancelled
+    assert all((tmp_path / "out" / r["file"]).is_file() for r in rows) and queued not in {r["job"] for r in rows}
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -307,23 +367,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
                     "browser test; .ci/run does")
 def test_the_page_generates_and_compares_in_a_real_browser(runs, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "t2i.cli", "serve", str(runs / "ldm"), str(runs / "ddpm"),
-                               "--port", str(port), "--out", str(tmp_path / "out"), "-q"])
+    server, base = start_server([runs / "ldm", runs / "ddpm"], tmp_path / "out")
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/runs", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, "t2i serve exited"
-                time.sleep(0.1)
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(base + "/")
             page.fill("#prompt", "a red circle")
             page.fill("#n", "2")
             page.click("#go")

@@ -281,7 +281,7 @@ async def _send(send: Any, status: int, error: str, headers: dict[str, str] | No
 
 
 def create_app(runs: list[ServedRun], out: str | Path, token: str | None = None, cors: str | None = None,
-               queue_size: int = 8, preview_every: float = 0.5, grace_s: float = 30.0) -> FastAPI:
+               queue_size: int = 8, preview_every: float = 1.0, grace_s: float = 30.0) -> FastAPI:
     """The ASGI app over runs loaded by `load_runs`; results go to `out` (index.jsonl + PNGs)."""
     engine = Engine(runs, Results(Path(out)), queue_size, preview_every)
     state = App(engine, token)

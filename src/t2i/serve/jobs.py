@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class ServedRun:
     summary: dict[str, Any] | None = None  # its last `t2i eval` ShapesBench result
     queue: queue.Queue | None = None
     worker: threading.Thread | None = None
+    held: deque = field(default_factory=deque)  # taken from the queue, waiting for a later call (Engine._batch)
 
     @property
     def generator(self) -> bool:
@@ -85,6 +86,7 @@ class Job:
     version: int = 0  # bumped on every change, for the event stream
     monitor: Monitor | None = None
     cancel_requested: bool = False
+    shared: int = 1  # jobs in the sampler call that made it (Engine._batch)
 
     def public(self) -> dict[str, Any]:
         seconds = None if self.started is None else round((self.finished or time.time()) - self.started, 3)
@@ -92,7 +94,7 @@ class Job:
                 "eta_s": None if self.eta_s is None else round(self.eta_s, 2), "error": self.error,
                 "prompt": self.prompt, "seeds": self.seeds, "task": self.task, "group": self.group,
                 "options": dataclasses.asdict(self.options), "created": self.created, "seconds": seconds,
-                "images": [f"/api/v1/images/{i}" for i in self.images],
+                "images": [f"/api/v1/images/{i}" for i in self.images], "shared_with": self.shared - 1,
                 "preview": f"/api/v1/jobs/{self.id}/preview" if self.preview else None}
 
 
@@ -193,8 +195,10 @@ class Results:
 class Engine:
     """Served runs, jobs and workers. `submit` queues (or raises `QueueFull`); workers run jobs in turn."""
 
-    def __init__(self, runs: list[ServedRun], results: Results, queue_size: int = 8, preview_every: float = 0.5):
+    def __init__(self, runs: list[ServedRun], results: Results, queue_size: int = 8, preview_every: float = 1.0,
+                 batch_images: int = 64):
         self.runs = {r.id: r for r in runs}
+        self.batch_images = batch_images  # queued jobs with the same options share one call up to this many images
         self.results = results
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()  # guards `jobs`
@@ -241,47 +245,114 @@ class Engine:
 
     def _work(self, run: ServedRun) -> None:
         while True:
-            job = run.queue.get()
+            job = run.held.popleft() if run.held else run.queue.get()
             if job is None:
-                return
+                break
             if job.state != "queued":  # cancelled while it waited
                 continue
             with self.compute:
-                self._run(run, job)
+                batch, stop = self._batch(run, job)
+                self._run(run, batch)
+            if stop:
+                break
+        for job in run.held:  # set aside for a later call when the stop came
+            self.cancel(job)
 
-    def _run(self, run: ServedRun, job: Job) -> None:
-        if job.cancel_requested:
+    def _batch(self, run: ServedRun, first: Job) -> tuple[list[Job], bool]:
+        """`first` and the waiting jobs that can share its sampler call: the same options and no input
+        image. Every image depends on its own seed only (never on its batch), so each job of a shared call
+        gets exactly the images it would get alone, at the throughput of one larger call. Jobs that cannot
+        join wait in `run.held`, in their order, for the next call."""
+        batch, skipped, stop = [first], [], False
+        images = len(first.seeds)
+        waiting = list(run.held)
+        run.held.clear()
+        while images < self.batch_images:
+            if waiting:
+                job = waiting.pop(0)
+            else:
+                try:
+                    job = run.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if job is None:
+                stop = True
+                break
+            if job.state != "queued":
+                continue
+            if (job.options == first.options and all(i is None for i in job.inputs + first.inputs)
+                    and images + len(job.seeds) <= self.batch_images):
+                batch.append(job)
+                images += len(job.seeds)
+            else:
+                skipped.append(job)
+        run.held.extend(skipped + waiting)
+        return batch, stop
+
+    def _run(self, run: ServedRun, jobs: list[Job]) -> None:
+        for job in [j for j in jobs if j.cancel_requested]:
             self._finish(job, "cancelled")
+        jobs = [j for j in jobs if not j.cancel_requested]
+        if not jobs:
             return
-        job.state, job.started = "running", time.time()
-        job.version += 1
+        for job in jobs:
+            job.state, job.started, job.shared = "running", time.time(), len(jobs)
+            job.version += 1
+        shown: list[Any] = [None]
 
         def update(m: Monitor) -> None:
-            job.progress, job.eta_s = m.progress, m.eta_s
-            if m.preview is not None and m.preview is not getattr(job, "_shown", None):
-                job._shown = m.preview  # type: ignore[attr-defined]
-                job.preview = _png(m.preview)
-            job.version += 1
+            if all(j.cancel_requested for j in jobs):
+                m.cancel()
+            if m.preview is not None and m.preview is not shown[0]:
+                shown[0] = m.preview
+                at = 0
+                for j in jobs:  # each job previews its own images of the batch
+                    j.preview = _png(m.preview[at:at + len(j.seeds)] if isinstance(m.preview, list) else m.preview)
+                    at += len(j.seeds)
+            for j in jobs:
+                j.progress, j.eta_s = m.progress, m.eta_s
+                j.version += 1
 
-        job.monitor = Monitor(update, self.preview_every)
-        if job.cancel_requested:  # asked between the check above and the monitor's existence
-            job.monitor.cancel()
+        mon = Monitor(update, self.preview_every)
+        for job in jobs:
+            job.monitor = mon
+        if all(j.cancel_requested for j in jobs):  # asked between the check above and the monitor's existence
+            mon.cancel()
+        prompts = [j.prompt for j in jobs for _ in j.seeds]
+        seeds = [s for j in jobs for s in j.seeds]
+        inputs = [i for j in jobs for i in j.inputs]
         try:
-            with watching(job.monitor):
-                media = run.pipe([job.prompt] * len(job.seeds), seeds=job.seeds, options=job.options,
-                                 inputs=job.inputs)
-            for seed, m in zip(job.seeds, media, strict=True):
-                row = {"prompt": job.prompt, "seed": seed, "run": run.id, "family": run.family.name, "job": job.id,
-                       "task": job.task, "options": dataclasses.asdict(job.options), "created": time.time()}
-                job.images.append(self.results.add(m, row, parameters_text(job, seed, as_stored(m), run)))
+            with watching(mon):
+                media = run.pipe(prompts, seeds=seeds, options=jobs[0].options, inputs=inputs)
+        except Cancelled:
+            for job in jobs:
+                self._finish(job, "cancelled")
+            return
+        except UserError as e:
+            for job in jobs:
+                self._finish(job, "failed", str(e))
+            return
+        except Exception as e:  # a bug in generation fails the job, not the server
+            for job in jobs:
+                self._finish(job, "failed", f"internal error: {type(e).__name__}: {e}")
+            return
+        at = 0
+        for job in jobs:
+            mine, at = media[at:at + len(job.seeds)], at + len(job.seeds)
+            if job.cancel_requested:  # cancelled while it shared a call with others: nothing of it is kept
+                self._finish(job, "cancelled")
+                continue
+            try:
+                for seed, m in zip(job.seeds, mine, strict=True):
+                    row = {"prompt": job.prompt, "seed": seed, "run": run.id, "family": run.family.name,
+                           "job": job.id, "task": job.task, "options": dataclasses.asdict(job.options),
+                           "created": time.time()}
+                    job.images.append(self.results.add(m, row, parameters_text(job, seed, as_stored(m), run)))
+            except OSError as e:  # a full disk fails this job; the images already written stay listed
+                self._finish(job, "failed", f"cannot save the result in {self.results.dir}: {e}")
+                continue
             job.progress, job.eta_s = 1.0, 0.0
             self._finish(job, "done")
-        except Cancelled:
-            self._finish(job, "cancelled")
-        except UserError as e:
-            self._finish(job, "failed", str(e))
-        except Exception as e:  # a bug in generation fails the job, not the server
-            self._finish(job, "failed", f"internal error: {type(e).__name__}: {e}")
 
     def shutdown(self, grace_s: float = 30.0) -> None:
         """Stop taking work, cancel what waits, let what runs finish within `grace_s` (then cancel it)."""
