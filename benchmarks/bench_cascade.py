@@ -46,8 +46,9 @@ def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
     return out
 
 
-def backbone_times(reps: int = 3) -> list[str]:
-    """Training step time (forward, backward, AdamW; bf16 autocast) of the pixel backbones considered."""
+def backbone_times(reps: int = 3, only: list[str] | None = None) -> list[str]:
+    """Training step time (forward, backward, AdamW) of the pixel backbones considered, under bf16 autocast
+    and in fp32: on this CPU's small GEMMs the casts can cost more than bf16 saves. `only`: name filters."""
     import torch
 
     from t2i.nn.dit import DiT, DiTConfig
@@ -73,8 +74,10 @@ def backbone_times(reps: int = 3) -> list[str]:
          lambda: UNet(UNetConfig(6, 3, channels=32, channel_mult=(1, 2, 2), attention_levels=(2,), aug_embed=True,
                                  **text))),
     ]
-    rows = ["| backbone | batch | s/step | params |", "|---|---|---|---|"]
+    rows = ["| backbone | batch | s/step bf16 autocast | s/step fp32 | params |", "|---|---|---|---|---|"]
     for name, side, inc, batch, make in cands:
+        if only and not any(o in name for o in only):
+            continue
         torch.manual_seed(0)
         net = make().to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(net.parameters(), 1e-4)
@@ -83,17 +86,21 @@ def backbone_times(reps: int = 3) -> list[str]:
               "pooled": torch.randn(batch, 128)}
         if inc == 6:
             kw["aug"] = torch.rand(batch)
-        times = []
-        for i in range(reps + 1):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", torch.bfloat16):
-                loss = net(x, torch.rand(batch), **kw).float().square().mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if i:  # the first step warms up
-                times.append(time.perf_counter() - t0)
-        rows.append(f"| {name} | {batch} | {sum(times) / len(times):.2f} | {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M |")
+        per = {}
+        for precision in ("bf16", "fp32"):  # side by side in one process: the machine's noise hits both alike
+            times = []
+            for i in range(reps + 1):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                    loss = net(x, torch.rand(batch), **kw).float().square().mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                if i:  # the first step warms up
+                    times.append(time.perf_counter() - t0)
+            per[precision] = sum(times) / len(times)
+        rows.append(f"| {name} | {batch} | {per['bf16']:.2f} | {per['fp32']:.2f} ({per['bf16'] / per['fp32']:.2f}x) | "
+                    f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M |")
     return rows
 
 
@@ -141,6 +148,8 @@ def main() -> None:
     ap.add_argument("--family", choices=["glide", "imagen"], default="glide")
     ap.add_argument("--stop-at", default=None, help="with --compare: score this stage's images (base)")
     ap.add_argument("--backbones", action="store_true", help="only time the candidate pixel backbones")
+    ap.add_argument("--backbone-filter", help="with --backbones: comma list of name parts, e.g. 'DiT 256x4'")
+    ap.add_argument("--batch-reps", type=int, default=3, help="with --backbones: timed steps per backbone")
     ap.add_argument("--compare", help="RUN,RUN,...: only ShapesBench of these runs side by side (e.g. the same "
                     "preset trained with three text encoders)")
     ap.add_argument("--run", default=None, help="default runs/FAMILY-quick")
@@ -165,7 +174,9 @@ def main() -> None:
                compare(args.compare.split(","), args.stop_at), args.record)
         return
     if args.backbones:
-        record("Pixel backbones: training step time (bf16, 2 threads)", backbone_times(), args.record)
+        only = args.backbone_filter.split(",") if args.backbone_filter else None
+        record("Pixel backbones: training step time, bf16 autocast against fp32 (2 threads)",
+               backbone_times(args.batch_reps, only), args.record)
         return
     run = Path(args.run or f"runs/{args.family}-quick")
     if args.train:

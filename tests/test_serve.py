@@ -130,10 +130,11 @@ def test_every_bound_and_type_is_a_422_naming_the_field(client):
     cases = [({"n": 17}, "n"), ({"n": 0}, "n"), ({"steps": 251}, "steps: 251 is out of bounds"),
              ({"steps": 2.5}, "steps: must be an integer"), ({"guidance": "high"}, "guidance: must be a finite"),
              ({"guidance": 1e300}, "guidance: 1e+300 is out of bounds"), ({"prompt": "x" * 1001}, "prompt"),
-             ({"prompt": "   "}, "prompt: empty"), ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed"),
+             ({"prompt": "   "}, "prompt: empty"), ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed"), ({"seed": 2**32 - 1, "n": 2}, "seed: 4294967295 + n - 1"),
              ({"n": True}, "n"), ({"sampler": "zzz"}, "sampler: 'zzz' is unknown"), ({"bogus": 1}, "unknown field"),
              ({"rerank": "/etc"}, "rerank: '/etc' is not a CLIP run on this server"),
-             ({"negative_prompt": "blue"}, "negative_prompt"), ({"strength": 0}, "strength")]
+             ({"negative_prompt": "blue", "run": "ddpm"}, "negative_prompt: ddpm runs do not take"),
+             ({"strength": 0}, "strength")]
     for extra, expect in cases:
         r = client.post("/api/v1/generate", json={"run": "ldm", "prompt": "a red circle", **extra})
         assert r.status_code == 422 and expect in r.json()["error"], (extra, r.json())
@@ -145,6 +146,21 @@ def test_every_bound_and_type_is_a_422_naming_the_field(client):
         assert r.status_code == 422 and "error" in r.json()
     big = client.post("/api/v1/generate", content=b"x" * (MAX_BODY + 1), headers={"content-type": "application/json"})
     assert big.status_code == 413 and "body over" in big.json()["error"]
+
+
+def test_a_negative_prompt_replaces_the_empty_caption_of_guidance(client):
+    def image(**extra):
+        job = wait(client, client.post("/api/v1/generate", json={"run": "ldm", "prompt": "a red circle", "seed": 3,
+                                                                 "steps": 3, "guidance": 4.0, **extra}).json()["id"])
+        assert job["state"] == "done", job
+        return Image.open(io.BytesIO(client.get(job["images"][0]).content)).tobytes()
+
+    plain = image()
+    assert image(negative_prompt="") == plain
+    assert image(negative_prompt="a blue square") != plain
+    schema = {r["id"]: r for r in client.get("/api/v1/runs").json()["runs"]}
+    assert "negative_prompt" in schema["ldm"]["options"]["properties"]
+    assert "negative_prompt" not in schema["ddpm"]["options"]["properties"]
 
 
 def test_ids_are_looked_up_never_joined_into_paths(client):

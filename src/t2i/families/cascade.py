@@ -36,7 +36,13 @@ from t2i.diffusion.generate import THRESHOLDING, SampleConfig, check_sampling, d
 from t2i.diffusion.guidance import ClipGuide
 from t2i.errors import OptionError, UserError
 from t2i.families import base
-from t2i.families.diffusion import BPEText, DiffusionConfig, TextDenoiser, TextDiffusionStage
+from t2i.families.diffusion import (
+    BPEText,
+    DiffusionConfig,
+    DiffusionOptions,
+    TextDenoiser,
+    TextDiffusionStage,
+)
 from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.nn.dit import DiT, DiTConfig
 from t2i.nn.unet import UNet, UNetConfig
@@ -139,7 +145,7 @@ class InpaintStage(TextDiffusionStage):
 
 # ------------------------------------------------------------------------------------------ generate
 @dataclass
-class CascadeOptions(base.Options):
+class CascadeOptions(DiffusionOptions):
     """`steps`, `guidance` and `sampler` are the base stage's; the SR stage has its own."""
 
     sr_steps: int | None = base.option(None, "cascade runs: the super-resolution stage's sampler steps", int)
@@ -205,7 +211,7 @@ class CascadePipeline(base.Pipeline):
         return {"steps": b.steps, "guidance": b.guidance, "sampler": b.sampler, "candidates": b.candidates,
                 "rerank": b.rerank, "sr_steps": s.steps, "sr_guidance": s.guidance, "sr_sampler": s.sampler,
                 "aug_level": self.cfg.aug.level, "stop_at": "sr" if self.sr_net is not None else "base",
-                "thresholding": b.thresholding, "guide": "cfg", "clip_scale": self.clip_scale}
+                "thresholding": b.thresholding, "guide": "cfg", "clip_scale": self.clip_scale, "negative_prompt": ""}
 
     def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
         if options.guide != "cfg" and self.noised_clip is None:
@@ -222,9 +228,9 @@ class CascadePipeline(base.Pipeline):
             raise OptionError("stop_at", "this pipeline has no SR stage loaded; use base")
         return options
 
-    def _conds(self, prompts: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _conds(self, prompts: list[str], negative: str = "") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         cond = {k: v.to(self.device) for k, v in self.text.encode(prompts).items()}
-        uncond = {k: v.to(self.device) for k, v in self.text.encode([""]).items()}
+        uncond = {k: v.to(self.device) for k, v in self.text.encode([negative]).items()}
         return cond, uncond
 
     def _sample_config(self, stage: str, options: base.Options) -> SampleConfig:
@@ -248,7 +254,7 @@ class CascadePipeline(base.Pipeline):
     def generate(self, prompts: list[str], seeds: list[int], options: base.Options,
                  inputs: list[base.Input | None]) -> list[Image.Image]:
         low_side, high_side = sides(self.cfg)
-        cond, uncond = self._conds(prompts)
+        cond, uncond = self._conds(prompts, options.negative_prompt)
         bc = self._sample_config("base", options)
         known, mask = self._known(inputs, low_side)
         x = torch.empty(len(prompts), 3, low_side, low_side, device=self.device)

@@ -129,6 +129,15 @@ def image_side(cfg: Any) -> int:
     return stage_data(cfg.data, cfg.stages.diffusion).resolution
 
 
+@dataclass
+class DiffusionOptions(base.Options):
+    """What every text-conditioned diffusion family adds: a negative prompt, the caption classifier-free
+    guidance steers away from in place of the empty one it was trained to drop to."""
+
+    negative_prompt: str | None = base.option(None, "text diffusion runs: what guidance steers away from (default: "
+                                              "the empty caption; needs --guidance above 1)")
+
+
 class TextDiffusionPipeline(base.Pipeline):
     """Text -> images by guided denoising; img2img with ``inputs=[Input("img2img", image, strength=0.6)]``.
 
@@ -136,6 +145,7 @@ class TextDiffusionPipeline(base.Pipeline):
     `stages.diffusion` (`image_side`). Subclasses set `shape` and override `encode` / `decode` for a latent space."""
 
     tasks = ("img2img",)
+    Options = DiffusionOptions
 
     def __init__(self, cfg: Any, tokenizer: Tokenizer, net: TextDenoiser, device: torch.device | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -160,7 +170,7 @@ class TextDiffusionPipeline(base.Pipeline):
     def defaults(self) -> dict[str, Any]:
         sc = self.cfg.sample
         return {"steps": sc.steps, "guidance": sc.guidance, "sampler": sc.sampler, "candidates": sc.candidates,
-                "rerank": sc.rerank}
+                "rerank": sc.rerank, "negative_prompt": ""}
 
     def check(self, options: base.Options, given: dict[str, Any]) -> base.Options:
         check_sampling(options.steps, options.guidance, options.sampler)
@@ -171,7 +181,7 @@ class TextDiffusionPipeline(base.Pipeline):
                  inputs: list[base.Input | None]) -> list[Image.Image]:
         sc = dataclasses.replace(self.cfg.sample, steps=options.steps, guidance=options.guidance,
                                  sampler=options.sampler)
-        uncond = {k: v.to(self.device) for k, v in self.text.encode([""]).items()}
+        uncond = {k: v.to(self.device) for k, v in self.text.encode([options.negative_prompt]).items()}
         out: list[Image.Image | None] = [None] * len(prompts)
         groups: dict[float | None, list[int]] = {}  # one denoising pass per img2img strength
         for i, inp in enumerate(inputs):

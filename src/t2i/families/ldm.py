@@ -30,6 +30,7 @@ from t2i.families import base
 from t2i.families.diffusion import (
     BPEText,
     DiffusionConfig,
+    DiffusionOptions,
     TextDenoiser,
     TextDiffusionPipeline,
     TextDiffusionStage,
@@ -206,6 +207,6 @@ class Pipeline(TextDiffusionPipeline):
         return self.autoencoder.decode(x0 / self.scale)
 
 
-FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, base.Options,
+FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, DiffusionOptions,
                      tasks=Pipeline.tasks, summary="Latent Diffusion: KL autoencoder + text-conditioned denoiser",
                      legacy={"ae_train": "autoencoder", "train": "diffusion"})

@@ -192,7 +192,11 @@ class App:
         if inp is not None and inp.task not in run.pipe.tasks:
             raise Bad(422, f"task {inp.task} is not supported by run {run.id} (its tasks: "
                       f"{', '.join(run.pipe.tasks) or 'none'})")
-        seed = secrets.randbelow(MAX_SEED - LIMITS["n"]) if seed is None else min(seed, MAX_SEED - n + 1)
+        if seed is None:
+            seed = secrets.randbelow(MAX_SEED - LIMITS["n"])
+        elif seed + n - 1 > MAX_SEED:  # image i uses seed + i
+            raise Bad(422, f"seed: {seed} + n - 1 is over {MAX_SEED}; image i uses seed + i, so give a seed of at most "
+                      f"{MAX_SEED - n + 1}")
         return Job(uuid.uuid4().hex[:16], run.id, prompt, [seed + i for i in range(n)], options, checked,
                    [inp] * n, task, group)
 
@@ -349,6 +353,8 @@ def create_app(runs: list[ServedRun], out: str | Path, token: str | None = None,
             if not any(f.name == "negative_prompt" for f in fields(run.pipe.Options)):
                 raise Bad(422, f"negative_prompt: {run.family.name} runs do not take a negative prompt; leave it out")
             given["negative_prompt"] = req.negative_prompt
+        elif "negative_prompt" in given:
+            raise Bad(422, "negative_prompt: give it as a string, or leave it out")
         inp = _input(req)
         job = state.make_job(run, req.prompt, req.n, req.seed, given, inp, inp.task if inp else None)
         state.submit(job)
