@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 
 from t2i.errors import OptionError, UserError
 from t2i.families.base import MAX_SEED, TASKS, Input
-from t2i.serve.jobs import Engine, Job, QueueFull, Results, ServedRun, bounds
+from t2i.serve.jobs import Engine, Job, QueueFull, Results, ServedRun, bounds, kind_of
 
 LIMITS = {"n": 16, "steps": 250, "prompt": 1000, "upload_bytes": 4 * 2**20, "upload_side": 512, "runs": 8}
 MAX_BODY = 2 * (4 * 2**20) * 4 // 3 + 64 * 1024  # an image and a mask of 4 MB each, base64, plus fields
@@ -155,7 +155,7 @@ class App:
                           f"mask, strength and its options {', '.join(known)}")
             if value is None:
                 continue
-            kind = {int: "integer", float: "number"}.get(f.metadata.get("type"), "string")
+            kind = kind_of(f)
             if kind == "string":
                 if not isinstance(value, str) or len(value) > 200:
                     raise Bad(422, f"{name}: must be a string of at most 200 characters")
@@ -435,6 +435,7 @@ def load_runs(paths: list[str]) -> list[ServedRun]:
     error before anything is served."""
     from t2i.families import load_run, run_family
     from t2i.serve.jobs import eval_summary
+    from t2i.train.rundir import require_complete
 
     out: list[ServedRun] = []
     ids: set[str] = set()
@@ -443,16 +444,12 @@ def load_runs(paths: list[str]) -> list[ServedRun]:
         if not (path / "run.json").is_file():
             raise UserError(f"{path} is not a run folder (no run.json); train one with `t2i train --out {path}`")
         family = run_family(path)
-        meta = json.loads((path / "run.json").read_text())
-        missing = [s for s in family.stages if s not in meta.get("stages_done", [])]
-        if missing:
-            raise UserError(f"{path} is not finished (stages left: {', '.join(missing)}); continue it with "
-                            f"`t2i train --resume --out {path}`")
+        meta = require_complete(path, None, list(family.stages))  # the message every loader gives
         rid, k = path.resolve().name, 2
         while rid in ids:
             rid, k = f"{path.resolve().name}-{k}", k + 1
         ids.add(rid)
-        out.append(ServedRun(rid, path, family, load_run(path), eval_summary(path)))
+        out.append(ServedRun(rid, path, family, load_run(path), eval_summary(path), meta.get("params")))
     return out
 
 

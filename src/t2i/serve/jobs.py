@@ -43,6 +43,7 @@ class ServedRun:
     family: Any  # t2i.families.base.Family
     pipe: Any  # a Pipeline for a generator, the scorer for a CLIP run
     summary: dict[str, Any] | None = None  # its last `t2i eval` ShapesBench result
+    parameters: dict[str, int] | None = None  # parameter counts by part, from run.json
     queue: queue.Queue | None = None
     worker: threading.Thread | None = None
     held: deque = field(default_factory=deque)  # taken from the queue, waiting for a later call (Engine._batch)
@@ -55,8 +56,7 @@ class ServedRun:
         out: dict[str, Any] = {"id": self.id, "family": self.family.name, "kind": self.family.kind,
                                "summary": self.family.summary, "stages": list(self.family.stages),
                                "eval": self.summary}
-        meta = _read_json(self.path / "run.json") or {}
-        out["parameters"] = meta.get("params")
+        out["parameters"] = self.parameters
         if self.generator:
             out["tasks"] = list(self.pipe.tasks)
             out["options"] = options_schema(self.pipe, limits, scorers)
@@ -104,7 +104,7 @@ def options_schema(pipe: Pipeline, limits: dict[str, int], scorers: list[str]) -
     defaults = pipe.defaults()
     props: dict[str, Any] = {}
     for f in fields(pipe.Options):
-        kind = {int: "integer", float: "number"}.get(f.metadata.get("type"), "string")
+        kind = kind_of(f)
         prop: dict[str, Any] = {"type": kind, "description": f.metadata.get("help", ""), "default": defaults.get(f.name)}
         lo, hi = bounds(f.name, kind, limits)
         if kind != "string":
@@ -116,6 +116,11 @@ def options_schema(pipe: Pipeline, limits: dict[str, int], scorers: list[str]) -
             prop["description"] += "; one of the CLIP runs this server holds"
         props[f.name] = prop
     return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def kind_of(f: Any) -> str:
+    """The JSON-schema type of an `Options` field, from the CLI type its metadata carries."""
+    return {int: "integer", float: "number"}.get(f.metadata.get("type"), "string")
 
 
 def bounds(name: str, kind: str, limits: dict[str, int]) -> tuple[float, float]:
