@@ -93,7 +93,7 @@ def test_reranking_off_without_clip_says_so(run, caplog):
     ({"top_k": 0}, "top_k must be a positive"),
     ({"candidates": 0}, "candidates must be at least 1"),
     ({"inputs": [Input("img2img", Image.new("RGB", (64, 64)))]}, "task img2img is not supported by dalle runs "
-                                                                 "(families that can: ldm, glide, imagen)"),
+                                                                 "(families that can: ldm, glide, imagen, unclip)"),
     ({"rerank": "/nonexistent-clip"}, "does not exist"),
     ({"top_q": 0.5}, "top_q does not apply to dalle runs (it is for no family)"),
 ])

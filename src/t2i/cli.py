@@ -133,6 +133,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from t2i.families.base import Input, check_seeds
     from t2i.images import grid, save_media
 
+    task = args.task or ("inpaint" if args.mask else "variation" if args.text_diff else "img2img")
+    if args.task and not args.init_image:
+        raise UserError(f"--task {args.task} works on --init-image; give one (with --inputs, put `task` in each row)")
+    if args.prompt is None and task == "variation" and args.init_image and not (args.prompts_file or args.inputs):
+        args.prompt = ""  # a variation needs no prompt: the image is its content
     if sum(x is not None for x in (args.prompt, args.prompts_file, args.inputs)) != 1:
         raise UserError("give one of: a prompt, --prompts-file FILE, --inputs DIR")
     if args.n < 1 or args.per_prompt < 1:
@@ -166,7 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                         files[flag] = im if flag == "--mask" else im.convert("RGB")
                 except (OSError, ValueError) as e:
                     raise UserError(f"cannot read {flag} {path}: {e}") from None
-        init = Input("inpaint" if args.mask else "img2img", files["--init-image"], files.get("--mask"),
+        init = Input(task, files["--init-image"], files.get("--mask"),
                      strength=0.6 if args.strength is None else args.strength)
     extras: list[dict] | None = None
     if args.inputs:
@@ -181,7 +186,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         seeds, inputs = [args.seed + i for i in range(args.n)], [init] * args.n
     check_seeds(seeds)
     pipe = load_generator(args.run)
-    options = pipe.options(**_given_options(args))  # every option checked before anything is generated
+    options = pipe.options(**_given_options(args))  # every option and request checked before anything is generated
+    pipe.check_inputs(inputs, len(prompts))
     images = generate_batched(pipe, prompts, seeds, args.batch_size, not args.quiet, options=options, inputs=inputs)
     if args.prompts_file or args.inputs:
         n = write_images(args.out, zip(images, prompts, seeds, strict=True), extras, gif=args.gif)
@@ -193,6 +199,45 @@ def cmd_generate(args: argparse.Namespace) -> None:
         save_media(images[0], out, gif=args.gif)
     else:
         grid(images, [f"seed {s}" for s in seeds], cols=min(args.n, 8)).save(out)
+    print(f"wrote {out}")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> None:
+    """Equal steps from one image's embedding to the other's: a variation request per step, `mix` apart."""
+    from PIL import Image
+
+    from t2i.api import load_generator
+    from t2i.eval.runs import generate_batched
+    from t2i.families.base import Input
+    from t2i.images import grid
+
+    if args.steps < 2:
+        raise UserError(f"--steps {args.steps}: an interpolation has at least 2 images (both ends)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise UserError(f"--out {out}: the strip is one image; give a name ending in .png")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} exists; choose another name or pass --overwrite")
+    ends = []
+    for path in args.images:
+        try:
+            with Image.open(path) as im:
+                ends.append(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+    pipe = load_generator(args.run)
+    if "variation" not in pipe.tasks:
+        from t2i.families import families_with_task
+
+        raise UserError(f"{pipe.family} runs cannot interpolate between images: that takes task variation "
+                        f"(families that can: {', '.join(families_with_task('variation'))})")
+    options = pipe.options(**{**_given_options(args), "interp_noise": args.noise})
+    mixes = [k / (args.steps - 1) for k in range(args.steps)]
+    inputs = [Input("variation", ends[0], toward=ends[1], mix=m) for m in mixes]
+    images = generate_batched(pipe, [""] * args.steps, [args.seed] * args.steps, args.batch_size, not args.quiet,
+                              options=options, inputs=inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid(images, [f"{m:.2f}" for m in mixes], cols=args.steps).save(out)
     print(f"wrote {out}")
 
 
@@ -284,6 +329,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    from t2i.families.base import CLIP_TASKS, TASKS
+
     p = argparse.ArgumentParser(prog="t2i", description="t2i: a text-to-image lab (train, sample, evaluate).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -346,11 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     option_fields = _option_fields()
 
-    def sampling(q: argparse.ArgumentParser) -> None:
+    def sampling(q: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
         for name, f in option_fields.items():  # every family's options; the run's pipeline checks them
+            if name in skip:
+                continue
             meta = f.metadata
             q.add_argument(meta.get("flag") or "--" + name.replace("_", "-"), dest=name, type=meta.get("type"),
-                           metavar=meta.get("metavar"), help=meta.get("help"))
+                           metavar=meta.get("metavar"), nargs=meta.get("nargs"), help=meta.get("help"))
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("-q", "--quiet", action="store_true")
@@ -367,12 +416,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=float, help="img2img: fraction of the noise schedule to run (default 0.6)")
     g.add_argument("--mask", help="inpaint: with --init-image, regenerate where this grayscale mask (the image's "
                    "size) is white")
+    g.add_argument("--task", choices=[t for t in TASKS if t not in CLIP_TASKS], help="what to do with --init-image "
+                   "(default: inpaint with --mask, variation with --text-diff, else img2img); variation: new images "
+                   "of the image's content, no prompt needed")
     g.add_argument("--overwrite", action="store_true", help="replace the images already in --out")
     g.add_argument("--out", required=True)
     g.add_argument("--gif", action="store_true", help="also write a GIF beside each generated clip (families "
                    "that make video; a clip's PNG strip is always written)")
     sampling(g)
     g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("interpolate", help="a strip of images between two images (runs with task variation)")
+    i.add_argument("run")
+    i.add_argument("images", nargs=2, metavar="IMAGE", help="the two ends")
+    i.add_argument("--steps", type=int, default=8, help="images in the strip, both ends included (at least 2)")
+    i.add_argument("--noise", choices=["fixed", "slerp"], default="fixed", help="fixed: one seed's noise for "
+                   "every image; slerp: from --seed's noise to --seed+1's")
+    i.add_argument("--out", required=True, help="the strip, a .png")
+    i.add_argument("--overwrite", action="store_true")
+    i.add_argument("--sample-steps", dest="steps", type=int, help="the decoder's sampler steps (default: the run's)")
+    sampling(i, skip=("steps", "interp_noise"))
+    i.set_defaults(func=cmd_interpolate)
 
     e = sub.add_parser("eval", help="generate the ShapesBench prompts with a run, score them, write a report")
     e.add_argument("run")

@@ -93,13 +93,15 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
             callback: Callable[[dict], None] | None = None,
             constrain: Callable[[Tensor], Tensor] | None = None,
             guide: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
-            to_pixels: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+            to_pixels: Callable[[Tensor], Tensor] | None = None, start: Tensor | None = None) -> Tensor:
     """Sample x0 for a batch (one seed per item). With `init` (clean x0), start part-way: img2img/SDEdit.
 
     `strength` is the fraction of the noise schedule to run: 1 ignores `init`, 0.3 keeps most of it.
     `constrain` maps every predicted x0 (inpainting's `Reimpose`); `guide` shifts it first (`ClipGuide`).
     Every step is reported to the installed `t2i.monitor` (progress, cancel), with the predicted x0 as the
     preview: through `to_pixels` for a latent space (default: x0 itself when it has 3 channels).
+    `start` replaces the seeds' unit noise (unCLIP's interpolation slerps two seeds' noise); ancestral
+    samplers still draw their per-step noise from the seeds.
     """
     check_sampling(cfg.steps, cfg.guidance, cfg.sampler, strength)
     device = device or torch.device("cpu")
@@ -107,7 +109,7 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
     if cfg.sigma_max is not None:
         t_max = min(float(schedule.t_from_sigma_ve(torch.tensor(cfg.sigma_max, dtype=torch.float64))), schedule.t_max)
     sigmas = schedule_sigmas(schedule, cfg.steps, cfg.spacing, t_max=t_max).to(device, torch.float32)
-    eps = noise(shape, seeds, device)
+    eps = noise(shape, seeds, device) if start is None else start.to(device, torch.float32)
     if init is not None and strength < 1:
         first = min(round(cfg.steps * (1 - strength)), cfg.steps - 1)
         sigmas = sigmas[first:]

@@ -21,6 +21,7 @@ FAMILIES = {
     "ddpm": "t2i.families.ddpm",
     "glide": "t2i.families.glide",
     "imagen": "t2i.families.imagen",
+    "unclip": "t2i.families.unclip",
 }
 
 

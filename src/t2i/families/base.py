@@ -39,9 +39,10 @@ KINDS = ("generator", "scorer")
 
 
 def option(default: Any = None, help: str = "", type: Callable[[str], Any] | None = None,
-           flag: str | None = None, metavar: str | None = None) -> Any:
-    """An `Options` field with what the CLI needs to offer it as a flag."""
-    return field(default=default, metadata={"help": help, "type": type, "flag": flag, "metavar": metavar})
+           flag: str | None = None, metavar: str | tuple[str, ...] | None = None, nargs: int | None = None) -> Any:
+    """An `Options` field with what the CLI needs to offer it as a flag (`nargs`: a list of that many values)."""
+    return field(default=default, metadata={"help": help, "type": type, "flag": flag, "metavar": metavar,
+                                            "nargs": nargs})
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -76,12 +77,18 @@ class Input:
     image: Media | None = None  # a Clip for the video tasks (predict: the frames to continue)
     mask: Image.Image | None = None  # white = regenerate
     strength: float = 0.6  # img2img: the fraction of the noise schedule to run
+    toward: Image.Image | None = None  # variation: a second image; the output's embedding is `mix` of the way to it
+    mix: float = 0.0  # (unCLIP's interpolation slerps the two images' CLIP embeddings)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise UserError(f"unknown task {self.task!r}; tasks are {', '.join(TASKS)}")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
             raise OptionError("strength", f"must be in (0, 1], got {self.strength}")
+        if not (math.isfinite(self.mix) and 0 <= self.mix <= 1):
+            raise OptionError("mix", f"must be in [0, 1], got {self.mix}")
+        if self.toward is not None and self.task != "variation":
+            raise UserError(f"a second image (interpolation) is for task variation, not {self.task}")
         if self.image is None:  # every task starts from an image (a clip's first frames for predict)
             raise UserError(f"task {self.task} needs an input image")
         if self.task == "inpaint" and self.mask is None:
@@ -233,7 +240,7 @@ class Pipeline:
             return dataclasses.replace(options, candidates=1)
         return options
 
-    def _inputs(self, inputs: Sequence[Input | None] | None, n: int) -> list[Input | None]:
+    def check_inputs(self, inputs: Sequence[Input | None] | None, n: int) -> list[Input | None]:
         inputs = list(inputs) if inputs is not None else [None] * n
         if len(inputs) != n:
             raise UserError(f"{len(inputs)} inputs for {n} prompts")
@@ -270,7 +277,7 @@ class Pipeline:
         check_seeds(seeds)
         if batch_size < 1:
             raise OptionError("batch_size", f"must be at least 1, got {batch_size}")
-        inputs = self._inputs(inputs, len(prompts))
+        inputs = self.check_inputs(inputs, len(prompts))
         all_prompts = [p for p in prompts for _ in range(n)]
         all_seeds = [s if j == 0 else (s + 1) * 1_000_003 + j for s in seeds for j in range(n)]
         all_inputs = [x for x in inputs for _ in range(n)]

@@ -95,11 +95,12 @@ def sides(cfg: Any) -> tuple[int, int]:
 
 
 def build_net(model: PixelModelConfig, side: int, text: nn.Module, context_dim: int, pooled_dim: int,
-              extra_in: int = 0, aug: bool = False) -> TextDenoiser:
+              extra_in: int = 0, aug: bool = False, channels: int = 3) -> TextDenoiser:
     """A stage's denoiser: `text` (the family's text module) and the backbone at `side`, reading `extra_in`
     more input channels (the SR stage's 3 of the upsampled low-res image, the inpainting variant's 4) and, for
-    the SR stage, embedding the augmentation level."""
-    common = {"in_channels": 3 + extra_in, "out_channels": 3, "context_dim": context_dim,
+    the SR stage, embedding the augmentation level. `channels`: of the image it denoises (3 for pixels; a
+    latent decoder's latent channels, at the latent side)."""
+    common = {"in_channels": channels + extra_in, "out_channels": channels, "context_dim": context_dim,
               "pooled_dim": pooled_dim, "aug_embed": aug}
     if model.backbone == "dit":
         backbone: nn.Module = DiT(dataclasses.replace(model.dit, input_size=side, **common))
@@ -199,12 +200,12 @@ class CascadePipeline(base.Pipeline):
 
     inpainting = False  # whether the family has an inpainting variant (a run may still have trained it 0 steps)
 
-    def _inputs(self, inputs: Any, n: int) -> list[base.Input | None]:
+    def check_inputs(self, inputs: Any, n: int) -> list[base.Input | None]:
         if (self.inpainting and self.inpaint_net is None
                 and any(i is not None and i.task == "inpaint" for i in inputs or [])):
             raise UserError(f"this {self.family} run has no inpainting variant (its inpaint stage trained 0 steps); "
                             "train it with `t2i train --resume --out RUN --set stages.inpaint.steps=1000`")
-        return super()._inputs(inputs, n)
+        return super().check_inputs(inputs, n)
 
     def defaults(self) -> dict[str, Any]:
         b, s = self.cfg.base.sample, self.cfg.sr.sample
@@ -254,10 +255,12 @@ class CascadePipeline(base.Pipeline):
     def generate(self, prompts: list[str], seeds: list[int], options: base.Options,
                  inputs: list[base.Input | None]) -> list[Image.Image]:
         low_side, high_side = sides(self.cfg)
+        shape = self.base_shape()
         cond, uncond = self._conds(prompts, options.negative_prompt)
+        extra, extra_un, start = self.base_condition(prompts, seeds, options, inputs)
         bc = self._sample_config("base", options)
         known, mask = self._known(inputs, low_side)
-        x = torch.empty(len(prompts), 3, low_side, low_side, device=self.device)
+        x = torch.empty(len(prompts), *shape, device=self.device)
         groups: dict[tuple[str, float] | None, list[int]] = {}  # one denoising pass per task and strength
         for i, inp in enumerate(inputs):
             groups.setdefault(None if inp is None else (inp.task, inp.strength), []).append(i)
@@ -266,9 +269,10 @@ class CascadePipeline(base.Pipeline):
             assert self.noised_clip is not None
             clip_text = self.noised_clip.encode_text(**{k: v.to(self.device) for k, v in self.text.encode(prompts).items()})
         for key, idx in groups.items():
-            sub = {k: v[idx] for k, v in cond.items()}
+            sub = {k: v[idx] for k, v in {**cond, **extra}.items()}
             seeds_of = [seeds[i] for i in idx]
-            run: dict[str, Any] = {"init": None, "strength": 1.0, "constrain": None, "guide": None}
+            run: dict[str, Any] = {"init": None, "strength": 1.0, "constrain": None, "guide": None,
+                                   "start": None if start is None else start[idx]}
             if clip_text is not None:
                 run["guide"] = ClipGuide(self.noised_clip.encode_image, clip_text[idx], self.schedules["base"],
                                          float(options.clip_scale))
@@ -278,21 +282,41 @@ class CascadePipeline(base.Pipeline):
                 net, k, m = self.inpaint_net, known[idx], mask[idx]
                 sub["channels"] = inpaint.condition(k, m)
                 run["constrain"] = inpaint.Reimpose(k, m)
-            elif key is not None:
-                run["init"] = images_to_tensor([inputs[i].image.convert("RGB").resize((low_side,) * 2, Image.BICUBIC)
-                                                for i in idx]).to(self.device)
+            elif key is not None and key[0] == "img2img":
+                run["init"] = self.encode(images_to_tensor([inputs[i].image.convert("RGB").resize(
+                    (low_side,) * 2, Image.BICUBIC) for i in idx]).to(self.device))
                 run["strength"] = key[1]
-            un = dict(uncond)
+            un = {**uncond, **extra_un}
             if "channels" in sub:
                 un["channels"] = sub["channels"]
-            x[idx] = denoise(net, self.schedules["base"], self.cfg.base.diffusion.objective, seeds_of,
-                             (3, low_side, low_side), sub, un, bc, device=self.device, **run).clamp(-1, 1)
+            x[idx] = denoise(net, self.schedules["base"], self.cfg.base.diffusion.objective, seeds_of, shape, sub, un,
+                             bc, device=self.device, to_pixels=self.decode, **run)
+        x = self.decode(x).float().clamp(-1, 1)
         if options.stop_at == "base" or self.sr_net is None:
             return tensor_to_images(x)
         constrain = None
         if any(inp is not None and inp.task == "inpaint" for inp in inputs):
             constrain = inpaint.Reimpose(*self._known(inputs, high_side))
         return tensor_to_images(self.upscale(x, cond, uncond, seeds, options, high_side, constrain))
+
+    def base_shape(self) -> tuple[int, ...]:
+        """What the base stage denoises: 32 px images here; a latent decoder's latents (unCLIP's)."""
+        side = sides(self.cfg)[0]
+        return (3, side, side)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images in [-1, 1] at the base side -> the base stage's space (img2img's start)."""
+        return x
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """The base stage's sample -> images in [-1, 1]."""
+        return x0
+
+    def base_condition(self, prompts: list[str], seeds: list[int], options: base.Options,
+                       inputs: list[base.Input | None]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+        """What a family adds to the base stage's inputs beside the text: (cond, uncond) keyword arguments (the
+        unCLIP decoder's image embedding) and the start noise (None: the seeds' own)."""
+        return {}, {}, None
 
     def phases(self, options: base.Options) -> int:
         return 1 if options.stop_at == "base" or self.sr_net is None else 2
@@ -320,10 +344,12 @@ def _data(cfg: Any, stage: str, text: Any) -> Callable[[int], Any]:
 
 
 def train_cascade(cfg: Any, stages: Stages, text: Any, make_net: Callable[[str], TextDenoiser],
-                  make_pipeline: Callable[..., CascadePipeline], progress: bool = True) -> None:
+                  make_pipeline: Callable[..., CascadePipeline], progress: bool = True,
+                  base_stage: Callable[[TextDenoiser], TextDiffusionStage] | None = None) -> None:
     """The base and sr stages of a cascade family, each resuming on its own. `make_net(stage)` builds a
     stage's denoiser; `make_pipeline(base_net, sr_net, inpaint_net=None)` the family's pipeline, for previews
-    and probes."""
+    and probes; `base_stage(net)`, the base stage's training when it reads more than the caption (unCLIP's
+    decoder: the CLIP image embedding)."""
     from t2i.eval.shapesbench import quick_score
     from t2i.train.rundir import load_part
 
@@ -339,11 +365,13 @@ def train_cascade(cfg: Any, stages: Stages, text: Any, make_net: Callable[[str],
         return preview, quick_eval
 
     if stages.todo("base"):
-        stage = TextDiffusionStage(make_net("base"), cfg.base.diffusion, text)
+        net = make_net("base")
+        stage = base_stage(net) if base_stage else TextDiffusionStage(net, cfg.base.diffusion, text)
         preview, quick_eval = probes(lambda m: make_pipeline(m.net, None))
         stages.fit("base", stage, cfg.stages.base, {"base": "net"}, _data(cfg, "base", text), preview, progress,
                    evaluate=quick_eval)
-        stages.finish("base", params={"base": param_count(stage.net)})
+        stages.meta.setdefault("params", {})["base"] = param_count(stage.net)
+        stages.finish("base")
     if stages.todo("sr"):
         base_net = load_part(make_net("base"), stages.run, "base")
         stage = SRStage(make_net("sr"), cfg.sr.diffusion, text, low_side, cfg.aug)

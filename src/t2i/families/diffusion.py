@@ -25,12 +25,13 @@ from PIL import Image
 from torch import Tensor, nn
 
 from t2i import runtime
+from t2i.codecs.autoencoder import AutoencoderConfig, AutoencoderKL
 from t2i.config import require
 from t2i.data.tokenizer import Tokenizer
 from t2i.diffusion import Schedule, TimeDensity, apply_null_condition, drop_condition, training_loss
 from t2i.diffusion.generate import check_sampling, denoise
 from t2i.families import base
-from t2i.images import images_to_tensor, tensor_to_images
+from t2i.images import grid, images_to_tensor, tensor_to_images
 from t2i.nn.transformer import TextEncoder, TextEncoderConfig
 from t2i.runtime import autocast
 from t2i.train.stages import stage_data
@@ -78,7 +79,7 @@ class TextDenoiser(nn.Module):
     """Text module + backbone: the trained part of a text diffusion stage, ``net(x_t, t, mask=, **text)``.
 
     `text` maps the text side's tensors to (tokens, pooled): a `TextEncoder` over BPE ids, or the adapter of
-    a frozen language model's states. `channels` are concatenated to x_t's (the SR stage's upsampled low-res
+    a frozen language model's states; a module that appends tokens of its own also returns their mask. `channels` are concatenated to x_t's (the SR stage's upsampled low-res
     image, the inpainting variant's masked image and mask); `aug`, the SR input's noise level, goes to the
     backbone."""
 
@@ -89,7 +90,8 @@ class TextDenoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, mask: Tensor, channels: Tensor | None = None,
                 aug: Tensor | None = None, **text: Tensor) -> Tensor:
-        tokens, pooled = self.text_encoder(mask=mask, **text)
+        tokens, pooled, *rest = self.text_encoder(mask=mask, **text)
+        mask = rest[0] if rest else mask  # a text module that adds context tokens (unCLIP's) widens the mask
         if channels is not None:
             x = torch.cat([x, channels.to(x.dtype)], dim=1)
         extra = {} if aug is None else {"aug": aug}
@@ -122,6 +124,51 @@ class TextDiffusionStage(nn.Module):
         loss = training_loss(self.net, x0, cond, self.schedule, self.cfg.objective,
                              self.cfg.weighting, self.t_density, generator, self.cfg.gamma)
         return {"loss": loss.mean()}
+
+
+# ------------------------------------------------------------------------------------- latent space
+class AutoencoderStage(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.autoencoder = AutoencoderKL(cfg)
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return self.autoencoder.loss(batch["image"], generator)
+
+
+def autoencoder_stage(stages: Any, cfg: AutoencoderConfig, tc: Any, data: Any, latent_data: Any, seed: int,
+                      progress: bool = True) -> tuple[AutoencoderKL, float]:
+    """The `autoencoder` stage of a latent diffusion family (LDM; unCLIP's latent decoder): trained with
+    reconstruction previews, then its latent scale measured on `latent_data`; returns the trained
+    autoencoder and the scale, from the run when the stage is already done."""
+    from t2i.train.data import batches
+    from t2i.train.rundir import load_part
+    from t2i.train.stages import take
+
+    if stages.todo("autoencoder"):
+        fixed = images_to_tensor([s.image for s in take(data, 8, seed)])
+
+        def recon(model: nn.Module, step: int) -> Image.Image:
+            with torch.no_grad():
+                ae = model.autoencoder
+                rec = ae.decode(ae.encode(fixed.to(next(ae.parameters()).device)).mode())
+            return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
+
+        stages.fit("autoencoder", AutoencoderStage(cfg), tc, {"autoencoder": "autoencoder"},
+                   lambda start: batches(data, tc.batch_size // runtime.world_size(), start, seed=seed), recon, progress)
+        ae = load_part(AutoencoderKL(cfg), stages.run, "autoencoder")
+        stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, latent_data, seed=seed))
+    return load_part(AutoencoderKL(cfg), stages.run, "autoencoder"), stages.meta["latent_scale"]
+
+
+@torch.no_grad()
+def measure_latent_scale(ae: AutoencoderKL, data: Any, n: int = 512, seed: int = 0) -> float:
+    """LDM's scale factor: 1 / std of the latents on data, so diffusion sees unit-variance inputs."""
+    from t2i.train.stages import take
+
+    images = images_to_tensor([s.image for s in take(data, n, seed)])
+    z = torch.cat([ae.encode(chunk).mode() for chunk in images.split(128)])
+    return float(1.0 / z.float().std())
 
 
 def image_side(cfg: Any) -> int:

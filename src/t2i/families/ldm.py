@@ -34,14 +34,15 @@ from t2i.families.diffusion import (
     TextDenoiser,
     TextDiffusionPipeline,
     TextDiffusionStage,
+    autoencoder_stage,
     image_side,
 )
-from t2i.images import grid, images_to_tensor, tensor_to_images
+from t2i.images import grid
 from t2i.nn.dit import DiT, DiTConfig
 from t2i.nn.unet import UNet, UNetConfig
-from t2i.train.data import DataConfig, batches, generator_data
+from t2i.train.data import DataConfig, generator_data
 from t2i.train.rundir import load_part, require_complete
-from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, stage_data, take, tokenizer_stage
+from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, stage_data, tokenizer_stage
 from t2i.train.trainer import TrainConfig, param_count
 
 NAME = "ldm"
@@ -90,15 +91,6 @@ def _dit_config(cfg: Config) -> DiTConfig:
 
 
 # ------------------------------------------------------------------------------------------- stages
-class AutoencoderStage(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.autoencoder = AutoencoderKL(cfg.autoencoder)
-
-    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        return self.autoencoder.loss(batch["image"], generator)
-
-
 def build_denoiser(cfg: Config, vocab_size: int) -> TextDenoiser:
     """The trained part of the diffusion stage: the run's text encoder and its backbone on the latents."""
     if cfg.backbone not in ("unet", "dit"):
@@ -130,23 +122,7 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
     ae_cfg, dm_cfg = cfg.stages.autoencoder, cfg.stages.diffusion
     ae_data, dm_data = stage_data(cfg.data, ae_cfg), stage_data(cfg.data, dm_cfg)
 
-    if stages.todo("autoencoder"):
-        stage = AutoencoderStage(cfg)
-        fixed = images_to_tensor([s.image for s in take(ae_data, 8, cfg.seed)])
-
-        def recon(model: nn.Module, step: int) -> Image.Image:
-            with torch.no_grad():
-                ae = model.autoencoder
-                rec = ae.decode(ae.encode(fixed.to(next(ae.parameters()).device)).mode())
-            return grid(tensor_to_images(fixed) + tensor_to_images(rec), ["input"] * 8 + ["reconstruction"] * 8)
-
-        stages.fit("autoencoder", stage, ae_cfg, {"autoencoder": "autoencoder"},
-                   lambda start: batches(ae_data, ae_cfg.batch_size // runtime.world_size(), start, seed=cfg.seed),
-                   recon, progress)
-        ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
-        stages.finish("autoencoder", latent_scale=measure_latent_scale(ae, dm_data, seed=cfg.seed))
-    ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder")
-    scale = stages.meta["latent_scale"]
+    ae, scale = autoencoder_stage(stages, cfg.autoencoder, ae_cfg, ae_data, dm_data, cfg.seed, progress)
 
     if stages.todo("diffusion"):
         stage = DiffusionStage(cfg, tokenizer, ae, scale)
@@ -164,14 +140,6 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
         stages.fit("diffusion", stage, dm_cfg, {"denoiser": "net"}, data, preview, progress, evaluate=quick_eval)
         stages.finish("diffusion", params={"autoencoder": param_count(ae), "denoiser": param_count(stage.net)})
     return stages.meta
-
-
-@torch.no_grad()
-def measure_latent_scale(ae: AutoencoderKL, data: DataConfig, n: int = 512, seed: int = 0) -> float:
-    """LDM's scale factor: 1 / std of the latents on data, so diffusion sees unit-variance inputs."""
-    images = images_to_tensor([s.image for s in take(data, n, seed)])
-    z = torch.cat([ae.encode(chunk).mode() for chunk in images.split(128)])
-    return float(1.0 / z.float().std())
 
 
 # ------------------------------------------------------------------------------------------ generate

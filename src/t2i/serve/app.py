@@ -159,6 +159,12 @@ class App:
             if kind == "string":
                 if not isinstance(value, str) or len(value) > 200:
                     raise Bad(422, f"{name}: must be a string of at most 200 characters")
+            elif kind == "array":
+                n = f.metadata["nargs"]
+                if (not isinstance(value, list) or len(value) not in (0, n)
+                        or not all(isinstance(v, str) and len(v) <= 200 for v in value)):
+                    raise Bad(422, f"{name}: must be a list of {n} strings of at most 200 characters (or [])")
+                value = tuple(value)
             else:
                 ok = isinstance(value, int) if kind == "integer" else isinstance(value, int | float)
                 if isinstance(value, bool) or not ok or not math.isfinite(value):

@@ -107,7 +107,9 @@ def options_schema(pipe: Pipeline, limits: dict[str, int], scorers: list[str]) -
         kind = kind_of(f)
         prop: dict[str, Any] = {"type": kind, "description": f.metadata.get("help", ""), "default": defaults.get(f.name)}
         lo, hi = bounds(f.name, kind, limits)
-        if kind != "string":
+        if kind == "array":  # a fixed number of strings (unCLIP's --text-diff FROM TO), or none
+            prop = {**prop, "items": {"type": "string", "maxLength": 200}, "maxItems": f.metadata["nargs"]}
+        elif kind != "string":
             prop.update(minimum=lo, maximum=hi)
         else:
             prop["maxLength"] = 200
@@ -119,7 +121,9 @@ def options_schema(pipe: Pipeline, limits: dict[str, int], scorers: list[str]) -
 
 
 def kind_of(f: Any) -> str:
-    """The JSON-schema type of an `Options` field, from the CLI type its metadata carries."""
+    """The JSON-schema type of an `Options` field, from the CLI type (and count) its metadata carries."""
+    if f.metadata.get("nargs"):
+        return "array"
     return {int: "integer", float: "number"}.get(f.metadata.get("type"), "string")
 
 

@@ -115,9 +115,13 @@ def captions(cfg: DataConfig, n: int, seed: int = 0) -> list[str]:
     return [s.caption for s in open_source(cfg.source, resolution=cfg.resolution, seed=seed, n=n)]
 
 
-def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor], tokenizer: Tokenizer,
-                 max_len: int, chunk: int = 256, progress: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
-    """This rank's share of `cfg.cache` samples, encoded once: {"latent", "ids", "mask"} tensors.
+def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], Any], tokenizer: Tokenizer,
+                 max_len: int, chunk: int = 256, progress: bool = True, seed: int = 0,
+                 encode_captions: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """This rank's share of `cfg.cache` samples, encoded once: {"latent", "ids", "mask"} tensors (`encode`
+    returns the latents, or a dict of tensors cached under their own keys: unCLIP's latents and CLIP
+    embeddings; `encode_captions`, more tensors from the captions, which the cache does not keep).
 
     Encoding runs under bf16 autocast with channels_last inputs where the device supports bf16 (as the
     codecs trained): 2x faster on this CPU (VQ encoder: 1,348 against 662 images/s), which is what makes
@@ -125,7 +129,7 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
     n = cfg.cache // runtime.world_size()
     if n < 1:
         raise UserError(f"data.cache={cfg.cache} leaves no samples for each of {runtime.world_size()} ranks")
-    parts: dict[str, list[torch.Tensor]] = {"latent": [], "ids": [], "mask": []}
+    parts: dict[str, list[torch.Tensor]] = {"ids": [], "mask": []}
     src = batches(cfg, min(chunk, n), 0, tokenizer, max_len, seed=seed)
     done = 0  # counted here: a disabled tqdm bar does not count
     with torch.no_grad(), tqdm(total=n, desc="encoding cache", unit="img", disable=not progress) as bar:
@@ -133,7 +137,10 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], torch.Tensor]
             b = next(src)
             x = b["image"]
             with runtime.autocast(x.device):
-                parts["latent"].append(encode(x.contiguous(memory_format=torch.channels_last)).float())
+                z = encode(x.contiguous(memory_format=torch.channels_last))
+                z = {**(z if isinstance(z, dict) else {"latent": z}), **(encode_captions(b["caption"]) if encode_captions else {})}
+            for k, v in z.items():
+                parts.setdefault(k, []).append(v.float())
             parts["ids"].append(b["ids"])
             parts["mask"].append(b["mask"])
             done += len(b["ids"])
@@ -145,7 +152,7 @@ def cached_batches(cache: dict[str, torch.Tensor], batch_size: int, start: int =
                    seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches from an encoded cache, one seeded permutation per epoch; `start` (samples already
     consumed by this rank) resumes at exactly the next batch."""
-    n = len(cache["latent"])
+    n = len(cache["ids"])
     if n < batch_size:
         raise UserError(f"the cache holds {n} samples per rank, fewer than a batch of {batch_size}; raise data.cache")
     per_epoch = n // batch_size
@@ -159,7 +166,8 @@ def cached_batches(cache: dict[str, torch.Tensor], batch_size: int, start: int =
 
 
 def generator_data(cfg: DataConfig, batch_size: int, tokenizer: Tokenizer, max_len: int,
-                   encode: Callable[[torch.Tensor], torch.Tensor], progress: bool = True, seed: int = 0
+                   encode: Callable[[torch.Tensor], Any], progress: bool = True, seed: int = 0,
+                   encode_captions: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
                    ) -> Callable[[int], Iterator[dict[str, Any]]]:
     """The data factory of a stage that trains on a frozen codec's outputs (latents, codes).
 
@@ -169,5 +177,6 @@ def generator_data(cfg: DataConfig, batch_size: int, tokenizer: Tokenizer, max_l
     """
     if not cfg.cache:
         return lambda start: batches(cfg, batch_size, start, tokenizer, max_len, seed=seed)
-    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and runtime.is_main(), seed=seed)
+    cache = encode_cache(cfg, encode, tokenizer, max_len, progress=progress and runtime.is_main(), seed=seed,
+                         encode_captions=encode_captions)
     return lambda start: cached_batches(cache, batch_size, start, seed)

@@ -108,6 +108,20 @@ class RunLock:
             self.held = False
 
 
+def widen_log(path: Path, fields: list[str]) -> list[str]:
+    """Rewrite a CSV log under the header `fields` (its own plus new columns, empty in the old rows),
+    atomically; returns `fields`."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    return fields
+
+
 def truncate_log(path: Path, stage: str, step: int) -> int:
     """Drop the rows of `stage` past `step` from a CSV log: after a resume those steps are trained again, and
     a curve with steps 160-200 three times is a lie. Returns how many rows went."""

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from t2i import runtime
 from t2i.config import require
 from t2i.errors import UserError
-from t2i.train.rundir import truncate_log
+from t2i.train.rundir import truncate_log, widen_log
 
 
 @dataclass
@@ -210,11 +210,18 @@ class Trainer:
         return out
 
     def _log(self, row: dict[str, Any], name: str = "log.csv") -> None:
+        """Append a row; stages log different columns (a CLIP's accuracy, a prior's cosines) into one file, so
+        a row with a column the header lacks widens the header first, and every row stays under its names."""
         path = self.dir / name
-        new = not path.exists()
+        header = None
+        if path.exists():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), None)
+        if header and not set(row) <= set(header):
+            header = widen_log(path, [*header, *(k for k in row if k not in header)])
         with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            w = csv.DictWriter(f, fieldnames=header or list(row), restval="")
+            if not header:
                 w.writeheader()
             w.writerow(row)
 
