@@ -415,3 +415,23 @@ def test_the_page_generates_and_compares_in_a_real_browser(runs, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_unclip_variations_and_text_diffs_through_the_api(tmp_path):
+    """A pair-of-strings option (unCLIP's text_diff) is an array in the schema and checked as one."""
+    train("unclip", tmp_path / "unclip", preset="tiny", progress=False)
+    app = create_app(load_runs([str(tmp_path / "unclip")]), tmp_path / "out", queue_size=2, preview_every=0.0)
+    with TestClient(app) as c:
+        run = c.get("/api/v1/runs").json()["runs"][0]
+        assert "variation" in run["tasks"]
+        prop = run["options"]["properties"]["text_diff"]
+        assert prop["type"] == "array" and prop["maxItems"] == 2
+        r = c.post("/api/v1/generate", json={"run": "unclip", "prompt": "", "task": "variation", "image": png(),
+                                             "text_diff": ["a red circle", "a blue circle"], "stop_at": "base"})
+        assert r.status_code == 202, r.json()
+        job = wait(c, r.json()["id"])
+        assert job["state"] == "done" and job["task"] == "variation", job
+        for bad in ("a red circle", ["one"], ["a", 3]):
+            r = c.post("/api/v1/generate", json={"run": "unclip", "prompt": "", "task": "variation", "image": png(),
+                                                 "text_diff": bad})
+            assert r.status_code == 422 and "text_diff" in r.json()["error"], (bad, r.json())

@@ -192,7 +192,7 @@ class App:
 
     def make_job(self, run: ServedRun, prompt: str, n: int, seed: int | None, given: dict[str, Any],
                  inp: Input | None, task: str | None, group: str | None = None, strict: bool = True) -> Job:
-        if not prompt.strip():
+        if not prompt.strip() and (inp is None or inp.task != "variation"):  # a variation's content is its image
             raise Bad(422, "prompt: empty; describe the image, e.g. \"a red circle\"")
         options, checked = self.options(run, given, strict)
         if inp is not None and inp.task not in run.pipe.tasks:
