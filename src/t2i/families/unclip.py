@@ -560,4 +560,4 @@ class Pipeline(CascadePipeline):
 
 FAMILY = base.Family(NAME, "generator", Config, tuple(STAGES), train, Pipeline.load, UnclipOptions,
                      tasks=("img2img", "variation"), uses=(CLIP_RUN,),
-                     summary="DALL-E 2 / unCLIP: a CLIP, a prior to its image embedding, a decoder cascade from it")
+                     summary="DALL-E 2 / unCLIP: a CLIP, a prior to its image embedding, a decoder from that (pixel cascade or latent)")
