@@ -130,14 +130,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from t2i.api import load_generator, read_requests
     from t2i.eval.runs import generate_batched
     from t2i.eval.shapesbench import prepare_folder, write_images
-    from t2i.families.base import Input, check_seeds
+    from t2i.families.base import PROMPTLESS_TASKS, Input, check_seeds
     from t2i.images import grid, save_media
 
     task = args.task or ("inpaint" if args.mask else "variation" if args.text_diff else "img2img")
     if args.task and not args.init_image:
         raise UserError(f"--task {args.task} works on --init-image; give one (with --inputs, put `task` in each row)")
-    if args.prompt is None and task == "variation" and args.init_image and not (args.prompts_file or args.inputs):
-        args.prompt = ""  # a variation needs no prompt: the image is its content
+    if args.prompt is None and task in PROMPTLESS_TASKS and args.init_image and not (args.prompts_file or args.inputs):
+        args.prompt = ""  # the image is the content
     if sum(x is not None for x in (args.prompt, args.prompts_file, args.inputs)) != 1:
         raise UserError("give one of: a prompt, --prompts-file FILE, --inputs DIR")
     if args.n < 1 or args.per_prompt < 1:

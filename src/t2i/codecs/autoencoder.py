@@ -37,6 +37,12 @@ class AutoencoderConfig:
     # gives f=8 while no conv runs at full resolution, which is most of an f=8 conv AE's cost on a CPU.
     patch: int = 1
 
+    @property
+    def downsample_factor(self) -> int:
+        """f: latents are (H / f, W / f) for (H, W) images (known before any weights exist, for the
+        denoiser's shape)."""
+        return self.patch * 2 ** (len(self.channel_mult) - 1)
+
 
 def reconstruction_loss(x: Tensor, rec: Tensor) -> Tensor:
     """L1 + MSE in float32 (bf16 would round away small errors): what this autoencoder, the VQ tokenizer and
@@ -126,7 +132,7 @@ class AutoencoderKL(nn.Module):
     @property
     def downsample_factor(self) -> int:
         """f: latents are (H / f, W / f) for (H, W) images."""
-        return self.cfg.patch * 2 ** (len(self.cfg.channel_mult) - 1)
+        return self.cfg.downsample_factor
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """Images (B, C, H, W) in [-1, 1] -> posterior over latents (B, latent_channels, H / f, W / f)."""

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1  # seeds derive candidate and per-step seeds from themselves; this keeps those in range
 TASKS = ("img2img", "inpaint", "variation", "sketch", "complete", "predict")
 CLIP_TASKS = ("predict",)  # the tasks whose input is a clip (the frames to continue); the rest take an image
+PROMPTLESS_TASKS = ("variation",)  # the tasks whose content is their image: the prompt may be empty
 KINDS = ("generator", "scorer")
 
 

@@ -143,11 +143,14 @@ class CLIP(nn.Module):
         return F.normalize(self.image(x).float(), dim=-1)
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.encode_text_states(ids, mask)[1]
+
+    def encode_text_states(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The text tower's token states and the caption's embedding, from one pass (unCLIP's prior reads both)."""
         states, pooled = self.text(ids, mask)
         if self.flatten:
-            states = F.pad(states * mask[..., None].to(states.dtype), (0, 0, 0, self.max_len - states.shape[1]))
-            pooled = states.flatten(1)
-        return F.normalize(self.text_proj(pooled).float(), dim=-1)
+            pooled = F.pad(states * mask[..., None].to(states.dtype), (0, 0, 0, self.max_len - states.shape[1])).flatten(1)
+        return states, F.normalize(self.text_proj(pooled).float(), dim=-1)
 
     def loss(self, images: Tensor, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         return info_nce(self.encode_image(images), self.encode_text(ids, mask), self.logit_scale)

@@ -79,7 +79,8 @@ class TextDenoiser(nn.Module):
     """Text module + backbone: the trained part of a text diffusion stage, ``net(x_t, t, mask=, **text)``.
 
     `text` maps the text side's tensors to (tokens, pooled): a `TextEncoder` over BPE ids, or the adapter of
-    a frozen language model's states; a module that appends tokens of its own also returns their mask. `channels` are concatenated to x_t's (the SR stage's upsampled low-res
+    a frozen language model's states; a module that appends tokens of its own (unCLIP's embedding tokens)
+    also returns the widened mask. `channels` are concatenated to x_t's (the SR stage's upsampled low-res
     image, the inpainting variant's masked image and mask); `aug`, the SR input's noise level, goes to the
     backbone."""
 

@@ -85,8 +85,8 @@ def _unet_config(cfg: Config) -> UNetConfig:
 
 def _dit_config(cfg: Config) -> DiTConfig:
     c = cfg.autoencoder.latent_channels
-    f = cfg.autoencoder.patch * 2 ** (len(cfg.autoencoder.channel_mult) - 1)
-    return dataclasses.replace(cfg.dit, in_channels=c, out_channels=c, input_size=image_side(cfg) // f,
+    return dataclasses.replace(cfg.dit, in_channels=c, out_channels=c,
+                               input_size=image_side(cfg) // cfg.autoencoder.downsample_factor,
                                context_dim=cfg.text.dim, pooled_dim=cfg.text.dim)
 
 

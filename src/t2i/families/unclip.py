@@ -75,14 +75,13 @@ from t2i.nn.gpt import TokenTransformer
 from t2i.nn.transformer import TextEncoder
 from t2i.text.pretrained import sha256
 from t2i.train.data import DataConfig, batches, generator_data
-from t2i.train.rundir import load_part, read_meta, require_complete
+from t2i.train.rundir import load_part, require_complete
 from t2i.train.stages import PREVIEW_PROMPTS, Stages, TextConfig, stage_data, take, tokenizer_stage
 from t2i.train.trainer import TrainConfig, param_count
 
 NAME = "unclip"
 STAGES = ["tokenizer", "clip", "prior", "autoencoder", "base", "sr"]
 CLIP_RUN = base.Use("clip", "clip.run", "build on this lab CLIP run (t2i train --family clip) instead of training one")
-PAPER_SCALE = 17.2  # the paper's embedding scale; prior.scale 0 means sqrt(d)
 
 
 @dataclass
@@ -179,11 +178,11 @@ def _clip_config(cfg: Config) -> lab_clip.Config:
                            stages=lab_clip.StageConfigs(clip=cfg.stages.clip))
 
 
-def _load_clip(cfg: Config, run: Path, tokenizer: Tokenizer) -> lab_clip.Scorer:
-    """The run's CLIP, frozen: its own stage's, or the used run's, which must be the one it was trained with."""
+def _load_clip(cfg: Config, run: Path, tokenizer: Tokenizer, want: dict[str, Any]) -> lab_clip.Scorer:
+    """The run's CLIP, frozen: its own stage's, or the used run's, which must be the one it was trained with
+    (`want`: what run.json recorded of it, empty before the clip stage has finished)."""
     from t2i.families import load_run
 
-    want = read_meta(run).get("clip", {})
     if not cfg.clip.run:
         ccfg = _clip_config(cfg)
         scorer = lab_clip.Scorer(ccfg, tokenizer, load_part(lab_clip.CLIP(ccfg, tokenizer.vocab_size), run, "clip"))
@@ -218,8 +217,8 @@ class PriorText:
         if "ids" not in batch:
             return self.encode(batch["caption"])
         ids, mask = batch["ids"].to(self.clip.device), batch["mask"].to(self.clip.device)
-        states, _ = self.clip.model.text(ids, mask)
-        return {"mask": mask, "states": states.float(), "temb": self.clip.model.encode_text(ids, mask) * self.scale}
+        states, temb = self.clip.model.encode_text_states(ids, mask)
+        return {"mask": mask, "states": states.float(), "temb": temb * self.scale}
 
 
 class PriorNet(nn.Module):
@@ -297,14 +296,13 @@ class DecoderStage(TextDiffusionStage):
 
 def _net_factory(cfg: Config, vocab_size: int, embed_dim: int):
     latent = cfg.decoder.space == "latent"
-    f = cfg.autoencoder.patch * 2 ** (len(cfg.autoencoder.channel_mult) - 1)  # the codec's downsampling
 
     def make(stage: str) -> TextDenoiser:
         text: nn.Module = TextEncoder(cfg.text.encoder(vocab_size))
         if stage == "sr":
             return build_net(cfg.sr, sides(cfg)[1], text, cfg.text.dim, cfg.text.dim, extra_in=3, aug=True)
         text = EmbeddingText(text, embed_dim, cfg.text.dim, cfg.decoder.tokens)
-        side = sides(cfg)[0] // f if latent else sides(cfg)[0]
+        side = sides(cfg)[0] // cfg.autoencoder.downsample_factor if latent else sides(cfg)[0]
         return build_net(cfg.base, side, text, cfg.text.dim, cfg.text.dim,
                          channels=cfg.autoencoder.latent_channels if latent else 3)
     return make
@@ -329,10 +327,11 @@ def train(cfg: Config, run: Path, progress: bool = True) -> dict[str, Any]:
 
             stages.fit("clip", stage, tc, {"clip": "clip"}, clip_data, None, progress)
             stages.meta.setdefault("params", {})["clip"] = param_count(stage.clip)
-        width = _load_clip(cfg, run, tokenizer).embed_dim
-        stages.finish("clip", clip={"run": cfg.clip.run, "embed_dim": width,
+        clip = _load_clip(cfg, run, tokenizer, {})
+        stages.finish("clip", clip={"run": cfg.clip.run, "embed_dim": clip.embed_dim,
                                     "sha256": sha256(Path(cfg.clip.run or run) / "clip.safetensors")})
-    clip = _load_clip(cfg, run, tokenizer)
+    else:
+        clip = _load_clip(cfg, run, tokenizer, stages.meta.get("clip", {}))
     prior = Prior(cfg, clip, train_prior(cfg, stages, clip, progress))
     text = BPEText(tokenizer, cfg.text.max_len)
     make_net = _net_factory(cfg, tokenizer.vocab_size, clip.embed_dim)
@@ -482,10 +481,9 @@ class Pipeline(CascadePipeline):
     @classmethod
     def load(cls, run: str | Path, cfg: Config) -> Pipeline:
         run = Path(run)
-        require_complete(run, NAME, STAGES)
+        meta = require_complete(run, NAME, STAGES)
         tokenizer = Tokenizer.load(run / "tokenizer.json")
-        clip = _load_clip(cfg, run, tokenizer)
-        meta = read_meta(run)
+        clip = _load_clip(cfg, run, tokenizer, meta.get("clip", {}))
         net = load_part(PriorNet(cfg.prior, clip.embed_dim, clip.cfg.text.dim, clip.cfg.text.max_len), run, "prior")
         make = _net_factory(cfg, tokenizer.vocab_size, clip.embed_dim)
         ae = load_part(AutoencoderKL(cfg.autoencoder), run, "autoencoder") if meta.get("autoencoder", True) else None
@@ -525,14 +523,15 @@ class Pipeline(CascadePipeline):
     def generate(self, prompts: list[str], seeds: list[int], options: base.Options,
                  inputs: list[base.Input | None]) -> list:
         # a variation is made from its image alone: its prompt (kept in the output's index) is not shown
-        prompts = ["" if i is not None and i.task == "variation" else p for p, i in zip(prompts, inputs, strict=True)]
+        prompts = ["" if i is not None and i.task in base.PROMPTLESS_TASKS else p
+                   for p, i in zip(prompts, inputs, strict=True)]
         return super().generate(prompts, seeds, options, inputs)
 
     def base_condition(self, prompts: list[str], seeds: list[int], options: base.Options,
                        inputs: list[base.Input | None]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
         z = torch.zeros(len(prompts), self.clip.embed_dim, device=self.clip.device)
         var = [i for i, inp in enumerate(inputs) if inp is not None and inp.task == "variation"]
-        text = [i for i in range(len(prompts)) if i not in set(var)]
+        text = sorted(set(range(len(prompts))) - set(var))
         if options.text_diff and not var:
             raise UserError("--text-diff edits an image: give --init-image (task variation)")
         if text:

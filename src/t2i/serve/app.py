@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from t2i.errors import OptionError, UserError
-from t2i.families.base import MAX_SEED, TASKS, Input
+from t2i.families.base import MAX_SEED, PROMPTLESS_TASKS, TASKS, Input
 from t2i.serve.jobs import Engine, Job, QueueFull, Results, ServedRun, bounds, kind_of
 
 LIMITS = {"n": 16, "steps": 250, "prompt": 1000, "upload_bytes": 4 * 2**20, "upload_side": 512, "runs": 8}
@@ -192,7 +192,7 @@ class App:
 
     def make_job(self, run: ServedRun, prompt: str, n: int, seed: int | None, given: dict[str, Any],
                  inp: Input | None, task: str | None, group: str | None = None, strict: bool = True) -> Job:
-        if not prompt.strip() and (inp is None or inp.task != "variation"):  # a variation's content is its image
+        if not prompt.strip() and (inp is None or inp.task not in PROMPTLESS_TASKS):
             raise Bad(422, "prompt: empty; describe the image, e.g. \"a red circle\"")
         options, checked = self.options(run, given, strict)
         if inp is not None and inp.task not in run.pipe.tasks:

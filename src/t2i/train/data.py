@@ -138,7 +138,9 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], Any], tokeniz
             x = b["image"]
             with runtime.autocast(x.device):
                 z = encode(x.contiguous(memory_format=torch.channels_last))
-                z = {**(z if isinstance(z, dict) else {"latent": z}), **(encode_captions(b["caption"]) if encode_captions else {})}
+                z = z if isinstance(z, dict) else {"latent": z}
+                if encode_captions is not None:
+                    z = {**z, **encode_captions(b["caption"])}
             for k, v in z.items():
                 parts.setdefault(k, []).append(v.float())
             parts["ids"].append(b["ids"])
