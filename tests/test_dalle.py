@@ -166,7 +166,7 @@ def test_tokenizer_reuse_and_its_errors(cli, run, tmp_path):
     assert "vq_000004.png" not in {p.name for p in (out / "samples").iterdir()}  # no VQ was trained
     assert "deprecated" in r.stderr  # --tokenizer still works, as the old name of --image-tokenizer
     r = cli("train", "--family", "ldm", "--preset", "tiny", "--image-tokenizer", run, "--out", tmp_path / "x")
-    assert r.returncode == 2 and "--image-tokenizer does not apply to ldm runs (it is for dalle, parti, maskgit)" \
+    assert r.returncode == 2 and "--image-tokenizer does not apply to ldm runs (it is for dalle, parti, maskgit, nuwa)" \
         in r.stderr
     r = cli("train", "--family", "dalle", "--preset", "tiny", "--image-tokenizer", tmp_path / "nope", "--out",
             tmp_path / "y")

@@ -97,7 +97,7 @@ def test_cli_generate_bad_options(cli, run, tmp_path, args, message):
 def test_options_of_other_families_are_one_line_errors(run):
     pipe = t2i.load(str(run))
     # Through the API an error names the parameter (top_k), through the CLI the flag (--top-k): one check.
-    with pytest.raises(OptionError, match=r"^top_k does not apply to ldm runs \(it is for dalle, parti, maskgit\)") as e:
+    with pytest.raises(OptionError, match=r"^top_k does not apply to ldm runs \(it is for dalle, parti, maskgit, nuwa\)") as e:
         pipe.options(top_k=5)
     assert e.value.as_flag().startswith("--top-k does not apply") and isinstance(e.value, ValueError)
     with pytest.raises(UserError, match="sampler 'parallel' is unknown"):
@@ -116,8 +116,8 @@ def test_bad_run_directories(cli, run, tmp_path):
     write_meta(partial, {"family": "ldm", "stages_done": ["tokenizer"]})
     with pytest.raises(UserError, match="incomplete"):
         t2i.load(str(partial))
-    write_meta(partial, {"family": "nuwa", "stages_done": []})
-    with pytest.raises(UserError, match="unknown family 'nuwa'"):
+    write_meta(partial, {"family": "cogview", "stages_done": []})
+    with pytest.raises(UserError, match="unknown family 'cogview'"):
         t2i.load(str(partial))
 
 

@@ -37,7 +37,8 @@ def load_generator(run: str | Path) -> Any:
 
 def read_requests(directory: str | Path) -> list[dict[str, Any]]:
     """`--inputs DIR`: DIR/index.jsonl, one request per line: `prompt`, `seed`, and optionally `task`, `image`
-    and `mask` (PNG files in DIR), `frames` (the image is a clip's strip of that many frames) and `strength`. Returns per row its prompt, seed, `Input` (None for plain
+    and `mask` (PNG files in DIR), `frames` (the image is a clip's strip of that many frames), `strength`, and
+    `truth` (the source's metadata, echoed for the scorer: `t2i bench inputs` writes it). Returns per row its prompt, seed, `Input` (None for plain
     text-to-image) and the fields to echo into the output's index. Every row is checked before any model runs."""
     import json
 
@@ -51,7 +52,7 @@ def read_requests(directory: str | Path) -> list[dict[str, Any]]:
     if not index.is_file():
         raise UserError(f"{index} not found; --inputs DIR needs DIR/index.jsonl with one request per line "
                         "({\"prompt\": ..., \"seed\": 0, \"task\": \"img2img\", \"image\": \"x.png\"})")
-    known = {"prompt", "seed", "task", "image", "mask", "strength", "frames"}
+    known = {"prompt", "seed", "task", "image", "mask", "strength", "frames", "truth"}
     out = []
     for n, line in enumerate(index.read_text().splitlines(), 1):
         if not line.strip():

@@ -16,22 +16,32 @@ from pathlib import Path
 
 from t2i.errors import OptionError, UserError
 
-
 # ------------------------------------------------------------------------------------------------- data
+DATASETS = ("shapes", "shapes-video")
+
+
 def cmd_data_render(args: argparse.Namespace) -> None:
-    from t2i.data.shapes import iter_samples
     from t2i.data.sources import write_shards
 
+    if args.dataset not in DATASETS:
+        raise UserError(f"unknown --dataset {args.dataset!r}; datasets are {', '.join(DATASETS)}")
     if args.n <= 0:
         raise UserError(f"--n must be positive, got {args.n}")
-    samples = iter_samples(n=args.n, seed=args.seed, size=args.size, split=args.split)
+    if args.dataset == "shapes-video":
+        from t2i.data.video import iter_clips
+
+        samples = iter_clips(n=args.n, seed=args.seed, size=args.size, split=args.split, frames=args.frames)
+    else:
+        from t2i.data.shapes import iter_samples
+
+        samples = iter_samples(n=args.n, seed=args.seed, size=args.size, split=args.split)
     shards = write_shards(samples, args.out, shard_size=args.shard_size, progress=not args.quiet)
-    print(f"wrote {args.n} samples in {len(shards)} shard(s) to {args.out}")
+    print(f"wrote {args.n} {args.dataset} samples in {len(shards)} shard(s) to {args.out}")
 
 
 def cmd_data_preview(args: argparse.Namespace) -> None:
     from t2i.data.sources import SkipStats, open_source
-    from t2i.images import preview_grid
+    from t2i.images import Clip, preview_grid
 
     stats = SkipStats()
     samples = list(open_source(args.source, resolution=args.resolution, n=args.n, seed=args.seed, stats=stats))
@@ -41,17 +51,39 @@ def cmd_data_preview(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     preview_grid(samples, cols=args.cols).save(out)
     print(f"wrote a grid of {len(samples)} samples to {out}")
+    if args.gif:
+        clips = [(i, s) for i, s in enumerate(samples) if isinstance(s.image, Clip)]
+        if not clips:
+            raise UserError(f"--gif: {args.source} holds no clips (a still image has nothing to animate)")
+        for i, s in clips:
+            s.image.save_gif(out.with_name(f"{out.stem}-{i:03d}.gif"))
+        print(f"wrote {len(clips)} GIFs beside it ({out.stem}-000.gif, ...)")
 
 
 # ------------------------------------------------------------------------------------------------ bench
 def cmd_bench_prompts(args: argparse.Namespace) -> None:
-    from t2i.eval.shapesbench import PROMPT_SET, benchmark_prompts
+    if args.suite == "video":
+        from t2i.eval.videobench import PROMPT_SET, video_prompts
 
-    prompts = benchmark_prompts()
+        prompts = video_prompts()
+    else:
+        from t2i.eval.shapesbench import PROMPT_SET, benchmark_prompts
+
+        prompts = benchmark_prompts()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(prompts) + "\n")
     print(f"wrote the {len(prompts)} prompts of {PROMPT_SET} (the same for every scorer version) to {out}")
+
+
+def cmd_bench_inputs(args: argparse.Namespace) -> None:
+    from t2i.eval.videobench import write_task_inputs
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    n = write_task_inputs(args.out, args.task, args.n, args.seed, args.frames, args.size)
+    print(f"wrote {n} {args.task} requests to {args.out} (use: t2i generate RUN --inputs {args.out} --out OUT; "
+          "then t2i bench score OUT)")
 
 
 def cmd_bench_groundtruth(args: argparse.Namespace) -> None:
@@ -62,8 +94,16 @@ def cmd_bench_groundtruth(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_score(args: argparse.Namespace) -> None:
-    from t2i.eval.shapesbench import VERSION, format_table, score_dir
+    from t2i.eval.shapesbench import VERSION, format_table, read_index, score_dir
 
+    rows = read_index(args.dir)
+    if any(r.get("frames", 1) > 1 or r.get("task") in ("predict", "sketch", "complete") for r in rows):
+        from t2i.eval.videobench import format_video_table
+        from t2i.eval.videobench import score_dir as score_video
+
+        print(format_video_table(score_video(args.dir, progress=not args.quiet, scorer=args.scorer)))
+        print(f"wrote {Path(args.dir) / 'videobench.json'}")
+        return
     result = score_dir(args.dir, progress=not args.quiet, scorer=args.scorer)
     print(format_table(result))
     name = "shapesbench.json" if result["version"] == VERSION else f"{result['version']}.json"
@@ -151,9 +191,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         prepare_folder(args.out, args.overwrite)
     else:
         out = Path(args.out)
-        if out.is_dir() or out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-            raise UserError(f"--out {out}: one prompt writes one image file; give a name ending in .png, .jpg or "
-                            ".webp (a folder is for --prompts-file / --inputs)")
+        if out.is_dir() or out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".gif"):
+            raise UserError(f"--out {out}: one prompt writes one image file; give a name ending in .png, .jpg, "
+                            ".webp or .gif (a clip as a GIF) (a folder is for --prompts-file / --inputs)")
         if out.exists() and not args.overwrite:
             raise UserError(f"--out {out} exists; choose another name or pass --overwrite")
     init = None
@@ -195,7 +235,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.n == 1:
+    if args.n == 1 and out.suffix.lower() == ".gif":
+        from t2i.images import Clip
+
+        (images[0] if isinstance(images[0], Clip) else Clip((images[0],))).save_gif(out)
+    elif args.n == 1:
         save_media(images[0], out, gif=args.gif)
     else:
         grid(images, [f"seed {s}" for s in seeds], cols=min(args.n, 8)).save(out)
@@ -337,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="render, read and preview datasets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
-    r = data.add_parser("render", help="write the shapes dataset as WebDataset shards")
+    r = data.add_parser("render", help="write an embedded dataset (shapes, shapes-video) as WebDataset shards")
+    r.add_argument("--dataset", default="shapes", help="shapes (images) or shapes-video (clips, stored as PNG strips)")
+    r.add_argument("--frames", type=int, default=8, help="shapes-video: frames per clip (2..14)")
     r.add_argument("--n", type=int, required=True, help="number of samples")
     r.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
     r.add_argument("--seed", type=int, default=0)
@@ -354,20 +400,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cols", type=int, default=8)
     v.add_argument("--resolution", type=int, default=64)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--gif", action="store_true", help="also write each clip as a GIF beside the grid")
     v.set_defaults(func=cmd_data_preview)
 
     bench = sub.add_parser("bench", help="ShapesBench: prompts, ground truth, scoring").add_subparsers(
         dest="bench_command", required=True, metavar="ACTION")
     bp = bench.add_parser("prompts", help="write the benchmark prompts, one per line")
     bp.add_argument("--out", required=True)
+    bp.add_argument("--suite", choices=["images", "video"], default="images", help="images: ShapesBench; video: "
+                    "VideoBench's clip captions (100 per kind plus the novel ones)")
     bp.set_defaults(func=cmd_bench_prompts)
+    bi = bench.add_parser("inputs", help="write --inputs requests of a conditional task, with the truth to score")
+    bi.add_argument("--task", required=True, choices=["predict", "sketch", "complete"])
+    bi.add_argument("--out", required=True)
+    bi.add_argument("--n", type=int, default=200)
+    bi.add_argument("--seed", type=int, default=0)
+    bi.add_argument("--frames", type=int, default=8, help="predict: the clip length the truth has")
+    bi.add_argument("--size", type=int, default=64, help="side of the requests' images (the run's)")
+    bi.set_defaults(func=cmd_bench_inputs)
     bg = bench.add_parser("groundtruth", help="render the benchmark prompts exactly (a perfect generator)")
     bg.add_argument("--out", required=True)
     bg.add_argument("--size", type=int, default=64)
     bg.add_argument("--seed", type=int, default=0)
     bg.add_argument("-q", "--quiet", action="store_true")
     bg.set_defaults(func=cmd_bench_groundtruth)
-    bs = bench.add_parser("score", help="score a folder of generated images (index.jsonl + PNGs)")
+    bs = bench.add_parser("score", help="score a folder of generated images or clips (index.jsonl + PNGs); rows "
+                          "with clips or a predict/sketch/complete task are judged by VideoBench")
     bs.add_argument("dir")
     bs.add_argument("--scorer", default="v2", help="v2 (default: fits blurred shape templates) or v1 (the "
                     "threshold rules of figures recorded before v2; writes DIR/shapesbench-v1.json)")
@@ -418,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "size) is white")
     g.add_argument("--task", choices=[t for t in TASKS if t not in CLIP_TASKS], help="what to do with --init-image "
                    "(default: inpaint with --mask, variation with --text-diff, else img2img); variation: new images "
-                   "of the image's content, no prompt needed")
+                   "of the image's content, no prompt needed; sketch, complete: nuwa runs (a clip to continue, "
+                   "task predict, goes in an --inputs row with `frames`)")
     g.add_argument("--overwrite", action="store_true", help="replace the images already in --out")
     g.add_argument("--out", required=True)
     g.add_argument("--gif", action="store_true", help="also write a GIF beside each generated clip (families "

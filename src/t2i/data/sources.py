@@ -46,7 +46,8 @@ log = logging.getLogger("t2i.data")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 SPEC_FORMS = (
-    "'shapes' (or 'shapes:position=3,...' to reweight prompt kinds), a .tar shard, a shard pattern like "
+    "'shapes' (or 'shapes:position=3,...' to reweight prompt kinds), 'shapes-video' (or 'shapes-video:frames=N'), "
+    "a .tar shard, a shard pattern like "
     "'data/{00000..00099}.tar', a directory of .tar shards, a directory of images with same-name .txt captions, 'coco:ANNOTATIONS_JSON,IMAGE_DIR' or 'coco:ROOT'"
 )
 _FORMATS = {"png": ("png", "PNG"), "jpg": ("jpg", "JPEG"), "jpeg": ("jpg", "JPEG"), "webp": ("webp", "WEBP")}
@@ -273,6 +274,27 @@ def is_shapes(spec: str) -> bool:
     return spec == "shapes" or spec.startswith("shapes:")
 
 
+def is_generated(spec: str) -> bool:
+    """True for the embedded generators (shapes, shapes-video): endless and index-addressed, so a resumed
+    reader jumps straight to its next sample."""
+    return is_shapes(spec) or spec == "shapes-video" or spec.startswith("shapes-video:")
+
+
+def _video_plan(spec: str, n: int | None, seed: int, resolution: int, split: str) -> _Plan:
+    """shapes-video, addressed by index like shapes (`_shapes_plan`)."""
+    from t2i.data.video import iter_clips, parse_frames_spec
+
+    frames = parse_frames_spec(spec)
+
+    def read_slice(start: int, step: int, count: int | None) -> Iterator[_Record]:
+        for sample in iter_clips(n=count, seed=seed, size=resolution, split=split, start=start, step=step,
+                                 frames=frames):
+            yield _Record(sample.key, lambda s=sample: s)
+
+    next(read_slice(0, 1, 1), None)
+    return _Plan([None], lambda _unit: read_slice(0, 1, n), read_slice)
+
+
 def _shapes_plan(spec: str, n: int | None, seed: int, resolution: int, split: str) -> _Plan:
     """Shapes renders any index on demand, so a consumer renders only its slice r, r+C, ...: the same
     samples as items r, r+C, ... of the single-process stream, whatever the number of consumers."""
@@ -296,6 +318,8 @@ def _resolve(spec: str, *, n: int | None, seed: int, resolution: int, split: str
         raise UserError(f"empty data source; expected {SPEC_FORMS}")
     if is_shapes(spec):
         return _shapes_plan(spec, n, seed, resolution, split)
+    if is_generated(spec):
+        return _video_plan(spec, n, seed, resolution, split)
     if spec.startswith("coco:"):
         return _coco_plan(spec[len("coco:") :], split)
     if "{" in spec:

@@ -108,8 +108,14 @@ def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path |
 
         extractor = ClipFeatures(clip_pipe, clip)
 
+    from t2i.api import load_generator
+    from t2i.eval.runs import evaluate_suites
+
+    pipe = load_generator(run)
     sb = evaluate(run, seed=seed, limit=n, batch_size=batch_size, progress=progress, out_name="shapesbench",
-                  **options)
+                  pipe=pipe, **options)
+    video = evaluate_suites(run, pipe, pipe.picking(pipe.options(**options)), limit=n, seed=seed,
+                            batch_size=batch_size, progress=progress)
     images, prompts, seeds = _load_folder(run / "eval" / "shapesbench")
     kinds = [_kind_of(p) for p in prompts]
     out: dict[str, Any] = {"run": str(run), "family": meta.get("family"), "metrics": metrics,
@@ -125,6 +131,11 @@ def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path |
                 per_kind[k]["shapesbench"] = v
         if sb["novel"] is not None:
             per_kind["novel"]["shapesbench"] = sb["novel"]
+    for task, v in (video or {}).get("tasks", {}).items():  # VideoBench, for runs that make clips
+        if task != "t2i":
+            out["scores"][task] = v["overall"]
+            if v.get("novel") is not None:
+                out["scores"][f"{task}_novel"] = v["novel"]
     if "clip" in metrics and clip_pipe is not None:
         from t2i.eval.clipscore import clip_s_hessel, clip_score_100, clip_scores
 

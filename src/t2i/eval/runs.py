@@ -55,15 +55,16 @@ def judge_candidates(prompts: list[str], groups: list[list[Any]]) -> dict[str, A
 
 
 def evaluate(run: str | Path, seed: int = 0, limit: int | None = None, batch_size: int = 64, progress: bool = True,
-             out_name: str = "shapesbench", **given: Any) -> dict[str, Any]:
+             out_name: str = "shapesbench", pipe: Any = None, **given: Any) -> dict[str, Any]:
     """Writes RUN/eval/<out_name>/ (images + index.jsonl + shapesbench.json) and RUN/eval/<out_name>.json.
 
     `given` are sampling options by name (steps, guidance, top_k, candidates, rerank, ...); the run's own
-    pipeline checks them (`pipe.options`) before anything is generated, and what it returns is recorded."""
+    pipeline checks them (`pipe.options`) before anything is generated, and what it returns is recorded.
+    `pipe`: the run's pipeline, when the caller has loaded it already."""
     from t2i.api import load_generator
 
     run = Path(run)
-    pipe = load_generator(run)
+    pipe = pipe or load_generator(run)
     options = pipe.picking(pipe.options(**given))
     prompts = spread_prompts(limit)  # a partial evaluation still covers every kind
     seeds = [seed + i for i in range(len(prompts))]
@@ -95,4 +96,43 @@ def evaluate(run: str | Path, seed: int = 0, limit: int | None = None, batch_siz
             c, f = result["candidates"], lambda x: "-" if x is None else f"{x:.3f}"
             print(f"candidates: best of {n} by CLIP {f(result['overall'])}; the first alone "
                   f"{f(c['first']['overall'])}; any of the {n} right {f(c['any']['overall'])} (a perfect reranker)")
+    return result
+
+
+def evaluate_suites(run: str | Path, pipe: Any, options: Any, limit: int | None = None, seed: int = 0,
+                    batch_size: int = 64, progress: bool = True) -> dict[str, Any] | None:
+    """The run's other benchmarks (`pipe.suites()`: VideoBench's text-to-video and conditional tasks) into
+    RUN/eval/videobench/, one folder scored by `t2i bench score`; None when the pipeline has none.
+    `limit` caps the requests per task (default: 240 clip prompts, 200 requests per task)."""
+    from t2i.eval import videobench as vb
+    from t2i.families.base import Input
+
+    suites = pipe.suites()
+    if not suites:
+        return None
+    prompts, seeds, inputs, extras = [], [], [], []
+    for task, at in suites.items():
+        if task == "t2v":
+            ps = vb.video_prompts()
+            ps = ps if limit is None else ps[::max(len(ps) // limit, 1)][:limit]
+            prompts += ps
+            inputs += [None] * len(ps)
+            extras += [{}] * len(ps)
+            continue
+        for r in vb.task_requests(task, limit or 200, seed, at["frames"], at["size"]):
+            prompts.append(r["prompt"])
+            inputs.append(Input(task, r["image"]))
+            extras.append({"task": task, "truth": r["truth"]})
+    seeds = [seed + i for i in range(len(prompts))]
+    t0 = time.perf_counter()
+    media = generate_batched(pipe, prompts, seeds, batch_size, progress, "eval: VideoBench", options=options,
+                             inputs=inputs)
+    seconds = time.perf_counter() - t0
+    out = Path(run) / "eval" / "videobench"
+    write_images(out, zip(media, prompts, seeds, strict=True), extras)
+    result = vb.score_dir(out, progress=progress)
+    result["sampling"] = {"items": len(media), "seconds": round(seconds, 2)}
+    (Path(run) / "eval" / "videobench.json").write_text(json.dumps(result, indent=1))
+    if progress:
+        print(vb.format_video_table(result))
     return result

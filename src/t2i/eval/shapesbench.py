@@ -370,23 +370,28 @@ def score_image(image: Image.Image | np.ndarray, prompt: str, scorer: str = DEFA
 
 
 # ----------------------------------------------------------------------------------------------- score
-def summarize(records: Iterable[tuple[str, bool]], scorer: str = DEFAULT_SCORER) -> dict:
-    """Per-kind accuracy over non-novel prompts, their unweighted mean (`overall`), and `novel` apart."""
-    tally: dict[str, list[int]] = {k: [0, 0] for k in (*KINDS, "novel")}
+def tally_kinds(records: Iterable[tuple[str, bool]], parse: Callable[[str], Any], kinds: Iterable[str]) -> dict:
+    """Per-kind accuracy over non-novel prompts, their unweighted mean (`overall`), and `novel` apart; `parse`
+    gives a prompt's spec (its `kind` and `novel`): ShapesBench's captions, or VideoBench's."""
+    tally: dict[str, list[int]] = {k: [0, 0] for k in (*kinds, "novel")}
     for prompt, ok in records:
-        spec = parse_prompt(prompt)
+        spec = parse(prompt)
         key = "novel" if spec.novel else spec.kind
         tally[key][0] += int(ok)
         tally[key][1] += 1
-    kinds = {k: (c / n if n else None) for k, (c, n) in tally.items()}
-    scored = [v for k, v in kinds.items() if k != "novel" and v is not None]
+    rates = {k: (c / n if n else None) for k, (c, n) in tally.items()}
+    scored = [v for k, v in rates.items() if k != "novel" and v is not None]
     return {
-        "version": version(scorer),
         "overall": sum(scored) / len(scored) if scored else None,
-        "kinds": {k: v for k, v in kinds.items() if k != "novel"},
-        "novel": kinds["novel"],
+        "kinds": {k: v for k, v in rates.items() if k != "novel"},
+        "novel": rates["novel"],
         "counts": {k: n for k, (_, n) in tally.items()},
     }
+
+
+def summarize(records: Iterable[tuple[str, bool]], scorer: str = DEFAULT_SCORER) -> dict:
+    """ShapesBench's summary: `tally_kinds` of its five kinds, with the scorer's version."""
+    return {"version": version(scorer), **tally_kinds(records, parse_prompt, KINDS)}
 
 
 def read_index(directory: str | Path) -> list[dict]:

@@ -22,6 +22,7 @@ FAMILIES = {
     "glide": "t2i.families.glide",
     "imagen": "t2i.families.imagen",
     "unclip": "t2i.families.unclip",
+    "nuwa": "t2i.families.nuwa",
 }
 
 

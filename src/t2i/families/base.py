@@ -208,6 +208,11 @@ class Pipeline:
                  inputs: list[Input | None]) -> list[Media]:
         raise NotImplementedError
 
+    def suites(self) -> dict[str, dict[str, int]]:
+        """Benchmarks beyond ShapesBench that `t2i eval` runs on this pipeline, by VideoBench task (t2v,
+        predict, sketch, complete), each with the `frames` and `size` its requests are drawn at: none here."""
+        return {}
+
     def phases(self, options: Options) -> int:
         """Step loops (sampler runs, decoding passes) that `generate` runs per batch, for progress with ETA
         (`t2i.monitor`): 1 here; a cascade's base and super-resolution stages make 2."""

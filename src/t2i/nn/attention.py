@@ -78,7 +78,8 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                cache: KVCache | None = None, context_cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, context_cache: KVCache | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
         """x (B, Lq, dim) -> (B, Lq, dim).
 
         context: (B, Lc, context_dim) to cross-attend to; None for self-attention.
@@ -89,6 +90,8 @@ class Attention(nn.Module):
         context_cache: cross-attention only; the context's keys/values are computed on the first call and
             reused afterwards (the context must not change between calls: incremental decoding, where
             projecting the same encoder states again at every step would cost more than the step itself).
+        attn_mask: (Lq, Lk) bool, True = attend: which keys each query may see, beyond padding and causality
+            (NUWA's nearby and axial patterns); with a cache, the rows of the current queries.
         """
         if self.to_ctx_kv is not None:
             return self._concat(x, context, context_mask)
@@ -114,6 +117,10 @@ class Attention(nn.Module):
             if context_mask.shape != (b, lk):
                 raise ValueError(f"key mask has shape {tuple(context_mask.shape)}, expected {(b, lk)}")
             mask = context_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk)
+        if attn_mask is not None:
+            if attn_mask.shape != (lq, lk):
+                raise ValueError(f"attention pattern has shape {tuple(attn_mask.shape)}, expected {(lq, lk)}")
+            mask = attn_mask.bool() if mask is None else mask & attn_mask.bool()
         # Fast path: a square causal pass with no padding lets the kernel build the mask itself.
         fused_causal = self.causal and lq == lk and mask is None
         if self.causal and not fused_causal and lq > 1:
@@ -124,7 +131,10 @@ class Attention(nn.Module):
         if mask is not None:
             dead = ~mask.any(dim=-1, keepdim=True)  # rows with nothing to attend to
             mask = mask | dead
-        out = _attend(q, k, v, mask, fused_causal)
+        if mask is not None and mask.dim() == 2 and lq >= 2 * SPARSE_BLOCK:
+            out = _attend_blocked(q, k, v, mask, SPARSE_BLOCK)
+        else:
+            out = _attend(q, k, v, mask, fused_causal)
         if dead is not None:
             out = out.masked_fill(dead, 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, dim))
@@ -150,6 +160,29 @@ class Attention(nn.Module):
         k, v = (t.reshape(split).transpose(1, 2) for t in (k, v))
         out = _attend(q, k, v, mask, False)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, dim))
+
+
+SPARSE_BLOCK = 64  # queries per block of the block-sparse path: one 8x8 frame of NUWA's code grid
+
+
+def _attend_blocked(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, block: int) -> Tensor:
+    """`_attend` for a long pattern shared by the batch (mask (Lq, Lk)), block by block of `block` queries,
+    each block against only the keys some of its rows may see. Exact, since a key left out is masked for every
+    row of its block; fast where the pattern is sparse: NUWA's nearby attention lets a frame see two frames, so
+    a 512-code clip costs each frame 129 keys instead of 512 (and plain causal attention, half on average)."""
+    outs = []
+    for s in range(0, q.shape[2], block):
+        rows = mask[s:s + block]
+        seen = rows.any(0).nonzero().squeeze(1).tolist()
+        # Slices, not a gather (whose backward, an index_put, cost more than the attention it saved): the first
+        # key seen, then the span of the others; a key inside a span that no row sees stays masked.
+        spans = [(seen[0], seen[0] + 1), (seen[1], seen[-1] + 1)] if len(seen) > 1 and seen[1] > seen[0] + 1 \
+            else [(seen[0], seen[-1] + 1)]
+        kk = torch.cat([k[:, :, a:b] for a, b in spans], dim=2)
+        vv = torch.cat([v[:, :, a:b] for a, b in spans], dim=2)
+        mm = torch.cat([rows[:, a:b] for a, b in spans], dim=1)
+        outs.append(_attend(q[:, :, s:s + block], kk, vv, mm, False))
+    return torch.cat(outs, dim=2)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:

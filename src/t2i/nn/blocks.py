@@ -111,7 +111,8 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
                 mask: Tensor | None = None, cache: KVCache | None = None,
-                context_cache: KVCache | None = None) -> Tensor:
+                context_cache: KVCache | None = None, attn_mask: Tensor | None = None,
+                context_attn_mask: Tensor | None = None) -> Tensor:
         """x (B, L, dim) -> (B, L, dim).
 
         mask: (B, Lk) key padding mask for the self-attention (True = real token).
@@ -119,14 +120,17 @@ class TransformerBlock(nn.Module):
             called without context skips it.
         cache: KV cache of this block's self-attention (incremental decoding).
         context_cache: keys/values of the context for the cross-attention, computed once (incremental decoding).
+        attn_mask, context_attn_mask: (Lq, Lk) patterns of which keys each query may see, in the self- and the
+            cross-attention (`Attention`'s attn_mask).
         """
         if self.concat:
             return self._mlp(x + self.attn(self.norm1(x), context, context_mask=context_mask))
-        x = x + self.attn(self.norm1(x), context_mask=mask, cache=cache)
+        x = x + self.attn(self.norm1(x), context_mask=mask, cache=cache, attn_mask=attn_mask)
         if context is not None:
             if self.cross is None or self.norm2 is None:
                 raise ValueError("context given to a TransformerBlock built without context_dim")
-            x = x + self.cross(self.norm2(x), context, context_mask=context_mask, context_cache=context_cache)
+            x = x + self.cross(self.norm2(x), context, context_mask=context_mask, context_cache=context_cache,
+                               attn_mask=context_attn_mask)
         return self._mlp(x)
 
     def _mlp(self, x: Tensor) -> Tensor:

@@ -24,13 +24,18 @@ class TokenTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                caches: list[KVCache] | None = None, context_caches: list[KVCache] | None = None) -> Tensor:
+                caches: list[KVCache] | None = None, context_caches: list[KVCache] | None = None,
+                mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                context_attn_mask: Tensor | None = None) -> Tensor:
         """With `caches` (one per block), x holds only the positions after the cached ones; `context_caches`
-        (one per block) keep the context's cross-attention keys/values from the first call on."""
+        (one per block) keep the context's cross-attention keys/values from the first call on. `mask` is
+        x's key padding (B, L); `attn_mask` / `context_attn_mask` are (Lq, Lk) patterns of which keys each
+        position may see (NUWA's nearby attention), in the self- and cross-attention."""
         for name, given in (("caches", caches), ("context_caches", context_caches)):
             if given is not None and len(given) != self.depth:
                 raise ValueError(f"{len(given)} {name} for {self.depth} blocks")
         for i, block in enumerate(self.blocks):
             x = block(x, context=context, context_mask=context_mask, cache=None if caches is None else caches[i],
-                      context_cache=None if context_caches is None else context_caches[i])
+                      context_cache=None if context_caches is None else context_caches[i], mask=mask,
+                      attn_mask=attn_mask, context_attn_mask=context_attn_mask)
         return self.norm(x)

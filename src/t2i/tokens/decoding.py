@@ -146,21 +146,25 @@ def sample_autoregressive(next_state: Callable[[dict[str, Any], Tensor, list[KVC
                           head: Callable[[Tensor, Tensor], Tensor], cond: dict[str, Any],
                           uncond: dict[str, Any] | None, positions: int, slots: int, seeds: list[int],
                           opts: DecodeOptions, layers: int, use_cache: bool = True,
-                          device: torch.device | str = "cpu") -> Tensor:
+                          device: torch.device | str = "cpu", prefix: Tensor | None = None) -> Tensor:
     """Codes (B, positions, slots), one position per step: `next_state(cond, codes so far, caches)` gives
     the state (B, dim) that predicts the next position, whose `slots` codes `head` then draws one by one
     from the guided, filtered distribution (`sample_patch`).
 
     `cond` / `uncond` hold batched tensors (B, ...) the model reads (text ids, encoder states); `uncond`
     is the empty caption, used only when guidance != 1. `layers` is the number of cached attentions.
+    `prefix` (B, P, slots): given codes the decoding continues (NUWA's video prediction and completion); the
+    first step runs all P of them at once and fills the caches.
     """
     opts.check()
     b = len(seeds)
     u = uniforms(seeds, positions * slots, device).reshape(b, positions, slots)
-    codes = torch.zeros(b, 0, slots, dtype=torch.long, device=device)
+    codes = torch.zeros(b, 0, slots, dtype=torch.long, device=device) if prefix is None else prefix.to(device)
+    if codes.shape[0] != b or codes.shape[1] > positions:
+        raise ValueError(f"a prefix of shape {tuple(codes.shape)} for {b} rows of {positions} positions")
     guide = Guide(cond, uncond, opts.guidance)
     caches = [KVCache() for _ in range(layers)] if use_cache else None
-    for i in range(positions):
+    for i in range(codes.shape[1], positions):
         h = next_state(guide.cond, guide.rows(codes), caches)
         patch, _ = sample_patch(head, h, u[:, i], opts, guide)
         codes = torch.cat([codes, patch[:, None]], dim=1)

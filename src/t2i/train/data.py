@@ -15,7 +15,7 @@ from tqdm import tqdm
 from t2i import runtime
 from t2i.config import require
 from t2i.data.shapes import counterfactual
-from t2i.data.sources import is_shapes, open_source
+from t2i.data.sources import is_generated, open_source
 from t2i.data.tokenizer import Tokenizer
 from t2i.errors import UserError
 from t2i.images import images_to_tensor
@@ -75,7 +75,7 @@ def batches(cfg: DataConfig, batch_size: int, start: int = 0, tokenizer: Tokeniz
     """
     rank, world = runtime.rank(), runtime.world_size()
     spec = cfg.train_spec()
-    endless = is_shapes(spec)
+    endless = is_generated(spec)
     epoch, skip = 0, start
     warned = False
     while True:
@@ -148,6 +148,27 @@ def encode_cache(cfg: DataConfig, encode: Callable[[torch.Tensor], Any], tokeniz
             done += len(b["ids"])
             bar.update(len(b["ids"]))
     return {k: torch.cat(v)[:n] for k, v in parts.items()}
+
+
+def encode_samples(cfg: DataConfig, n: int, encode: Callable[[list[Any]], dict[str, torch.Tensor]],
+                   chunk: int = 256, progress: bool = True, seed: int = 0, desc: str = "encoding cache"
+                   ) -> dict[str, torch.Tensor]:
+    """This rank's share of `n` samples of the source, passed once through `encode(samples) -> tensors`.
+
+    `encode_cache` for stages that need more of a sample than its image and caption (NUWA renders each
+    scene's sketch from its metadata, and encodes clips and images into one cache each)."""
+    world = runtime.world_size()
+    if n // world < 1:
+        raise UserError(f"a cache of {n} samples leaves none for each of {world} ranks")
+    parts: dict[str, list[torch.Tensor]] = {}
+    stream = open_source(cfg.train_spec(), resolution=cfg.resolution, seed=seed, n=n)
+    with torch.no_grad(), tqdm(total=n // world, desc=desc, unit="sample",
+                               disable=not (progress and runtime.is_main())) as bar:
+        while chunk_ := list(islice(stream, chunk)):
+            for k, v in encode(chunk_).items():
+                parts.setdefault(k, []).append(v)
+            bar.update(len(chunk_))
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def cached_batches(cache: dict[str, torch.Tensor], batch_size: int, start: int = 0,

@@ -125,11 +125,15 @@ class Stages:
         runtime.barrier()
 
 
-def tokenizer_stage(stages: Stages, data: DataConfig, n_captions: int, vocab_size: int) -> Tokenizer:
-    """The first stage of every text-conditioned family: byte-level BPE trained on the run's captions."""
+def tokenizer_stage(stages: Stages, data: DataConfig | list[DataConfig], n_captions: int, vocab_size: int
+                    ) -> Tokenizer:
+    """The first stage of every text-conditioned family: byte-level BPE trained on the run's captions (of
+    several sources in equal shares, for a family that trains on more than one: NUWA's images and clips)."""
     if stages.todo("tokenizer"):
         if runtime.is_main():
-            Tokenizer.train(captions(data, n_captions, stages.seed), vocab_size).save(stages.run)
+            sources = data if isinstance(data, list) else [data]
+            texts = [c for d in sources for c in captions(d, n_captions // len(sources), stages.seed)]
+            Tokenizer.train(texts, vocab_size).save(stages.run)
         runtime.barrier()
         stages.finish("tokenizer")
     return Tokenizer.load(stages.run / "tokenizer.json")

@@ -113,11 +113,11 @@ def _reuse_tokenizer(cfg: Any, run: Path) -> Path:
     return src
 
 
-def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeline]) -> dict[str, Any]:
-    """Run every stage not yet done; each one checkpoints and resumes on its own (as the LDM family).
-
-    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network
-    to train, and an instance of it draws the previews and the training-time probe."""
+def codec_stages(cfg: Any, run: Path, progress: bool, captions: list[DataConfig] | None = None
+                 ) -> tuple[Stages, Tokenizer, ImageTokenizer]:
+    """The stages before the transformer, each resumable: the BPE (on `cfg.data`'s captions, or on those of
+    `captions`' sources), the VQ and its optional decoder fine-tuning, or both copied from `tokenizer_run`.
+    Returns the stage record and the two tokenizers, loaded."""
     stages = Stages(run, cfg.seed)
     if cfg.tokenizer_run and stages.todo("tokenizer"):
         src = _reuse_tokenizer(cfg, run)
@@ -126,9 +126,9 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
         for copied in ("vq", "vq_decoder"):  # the copied VQ is final: its decoder is not fine-tuned again
             stages.todo(copied)
             stages.finish(copied, vq=report)
-    tokenizer = tokenizer_stage(stages, cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
-    vq_cfg, dec_cfg, tf_cfg = cfg.stages.vq, cfg.stages.vq_decoder, cfg.stages.transformer
-    vq_data, dec_data, tf_data = (stage_data(cfg.data, c) for c in (vq_cfg, dec_cfg, tf_cfg))
+    tokenizer = tokenizer_stage(stages, captions or cfg.data, cfg.text.tokenizer_captions, cfg.text.vocab_size)
+    vq_cfg, dec_cfg = cfg.stages.vq, cfg.stages.vq_decoder
+    vq_data, dec_data = (stage_data(cfg.data, c) for c in (vq_cfg, dec_cfg))
     decoder_phase = dec_cfg.steps > 0 and not stages.done("transformer")
 
     def recon_of(data: DataConfig) -> Callable[[nn.Module, int], Image.Image]:
@@ -154,6 +154,17 @@ def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeli
                    recon_of(dec_data), progress)
         stages.finish("vq_decoder", vq=_vq_report(cfg, run))
     vq = load_part(ImageTokenizer(cfg.vq), run, "vq")
+    return stages, tokenizer, vq
+
+
+def train_stages(cfg: Any, run: Path, progress: bool, pipeline: type[TokenPipeline]) -> dict[str, Any]:
+    """Run every stage not yet done; each one checkpoints and resumes on its own (as the LDM family).
+
+    `pipeline` is the family's `TokenPipeline` subclass: its `build_net` (from `net_class`) makes the network
+    to train, and an instance of it draws the previews and the training-time probe."""
+    stages, tokenizer, vq = codec_stages(cfg, run, progress)
+    tf_cfg = cfg.stages.transformer
+    tf_data = stage_data(cfg.data, tf_cfg)
 
     if stages.todo("transformer"):
         stage = TokenStage(pipeline.build_net(cfg, tokenizer, vq), vq, tokenizer, cfg.text.max_len, cfg.net.cond_drop)
