@@ -26,18 +26,24 @@ TASK_NAMES = {"t2i": "text-to-image", "t2v": "text-to-video", "predict": "video 
               "sketch": "sketch-to-image", "complete": "image completion"}
 
 
-def evaluate(run: Path, n: int | None) -> dict:
-    """ShapesBench (t2i) and VideoBench (the rest) of `run`, at the preset's sampling settings."""
+def evaluate(run: Path, n: int | None, reuse: bool = False) -> dict:
+    """ShapesBench (t2i) and VideoBench (the rest) of `run`, at the preset's sampling settings; with `reuse`,
+    the scores an earlier invocation of this function left in RUN/eval/ (an interrupted benchmark's arms)."""
     import t2i
     from t2i.eval.runs import evaluate as shapesbench
     from t2i.eval.runs import evaluate_suites
 
-    pipe = t2i.load(str(run))
-    opts = pipe.options(candidates=1)
-    sb = shapesbench(run, limit=n, progress=False, candidates=1)
-    t0 = time.perf_counter()
-    vb = evaluate_suites(run, pipe, opts, limit=n, progress=False)
-    seconds = time.perf_counter() - t0
+    done = [run / "eval" / f for f in ("shapesbench.json", "videobench.json")]
+    if reuse and all(f.is_file() for f in done):
+        sb, vb = (json.loads(f.read_text()) for f in done)
+        seconds = vb["sampling"]["seconds"]
+    else:
+        pipe = t2i.load(str(run))
+        opts = pipe.options(candidates=1)
+        sb = shapesbench(run, limit=n, progress=False, candidates=1)
+        t0 = time.perf_counter()
+        vb = evaluate_suites(run, pipe, opts, limit=n, progress=False)
+        seconds = time.perf_counter() - t0
     out = {"t2i": sb["overall"], "t2i_novel": sb["novel"], "t2i_kinds": sb["kinds"],
            "images_per_s": sb["sampling"]["images_per_s"], "video_seconds": seconds}
     for task, s in vb["tasks"].items():
@@ -162,6 +168,10 @@ def main() -> None:
     p.add_argument("--ablation-steps", type=int, default=250)
     p.add_argument("--ablation-n", type=int, default=48)
     p.add_argument("--skip-main", action="store_true", help="only the ablations")
+    p.add_argument("--only", action="append", default=[], metavar="ARM", help="run only these arms (by run name: "
+                   "nearby, full, axial, t2v, t2i, predict); repeatable")
+    p.add_argument("--reuse-eval", action="store_true", help="ablation arms: read the scores an interrupted "
+                   "invocation left in each arm's eval/ instead of generating again")
     p.add_argument("--label", default="nuwa quick")
     p.add_argument("--record", action="store_true")
     args = p.parse_args()
@@ -213,8 +223,10 @@ def main() -> None:
                  "| arm | t2v | predict | t2i | sketch | complete | held-out nats/code: t2v, predict, t2i | "
                  "training clips/s |", "|---|---|---|---|---|---|---|---|"]
         for name, dirname, sets in arms[which]:
+            if args.only and dirname not in args.only:
+                continue
             arm = ablation_run(run, dirname, sets, args.ablation_steps)
-            res = evaluate(arm, args.ablation_n)
+            res = evaluate(arm, args.ablation_n, args.reuse_eval)
             loss = heldout_loss(arm)
             rows.append(f"| {name} | " + " | ".join(fmt(res.get(t)) for t in ("t2v", "predict", "t2i", "sketch",
                                                                              "complete"))
