@@ -231,7 +231,8 @@ def main() -> None:
             rows.append(f"| {name} | " + " | ".join(fmt(res.get(t)) for t in ("t2v", "predict", "t2i", "sketch",
                                                                              "complete"))
                         + f" | {loss['t2v']:.3f}, {loss['predict']:.3f}, {loss['t2i']:.3f} | {samples_per_s(arm):.1f} |")
-    record(f"NUWA {args.preset}: VideoBench and ShapesBench on every task", rows, args.record, current)
+    title = "the attention and task ablations" if args.skip_main else "VideoBench and ShapesBench on every task"
+    record(f"NUWA {args.preset}: {title}", rows, args.record, current)
 
 
 if __name__ == "__main__":
