@@ -110,7 +110,7 @@ def evaluate_suites(run: str | Path, pipe: Any, options: Any, limit: int | None 
     suites = pipe.suites()
     if not suites:
         return None
-    prompts, seeds, inputs, extras = [], [], [], []
+    prompts, inputs, extras = [], [], []
     for task, at in suites.items():
         if task == "t2v":
             ps = vb.video_prompts()

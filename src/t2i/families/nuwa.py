@@ -402,8 +402,8 @@ class Pipeline(TokenPipeline):
 
     def _decode(self, task: str, frames: int, prompts: list[str], seeds: list[int], inputs: list[Any],
                 options: NuwaOptions) -> list[Any]:
-        o, net, side = options, self.net, self.vq.grid(image_side(self.cfg))
-        per_frame = side * side
+        o, net, size = options, self.net, image_side(self.cfg)
+        per_frame = self.vq.grid(size) ** 2
         text = [""] * len(prompts) if task == "predict" else prompts
         ids, mask = self.tokenizer.encode(text, self.cfg.text.max_len)
         sketch_codes = self._codes([x.image for x in inputs]) if task == "sketch" else None
@@ -422,11 +422,10 @@ class Pipeline(TokenPipeline):
         codes = sample_autoregressive(net.next_state, net.head.slot_logits, cond, uncond, frames * per_frame, 1,
                                       seeds, decode, net.layers, use_cache=self.use_cache, device=self.device,
                                       prefix=None if prefix is None else prefix[..., None])[..., 0]
-        pixels = self.vq.decode(codes.reshape(-1, per_frame)).reshape(len(prompts), frames, 3, *([image_side(
-            self.cfg)] * 2))
+        pixels = self.vq.decode(codes.reshape(-1, per_frame)).reshape(len(prompts), frames, 3, size, size)
         media = tensor_to_images(pixels if frames > 1 else pixels[:, 0])
         if task == "predict":  # the given frames are the request's own
-            media = [Clip(tuple(resize_media(f, image_side(self.cfg)) for f in x.image.frames) + m.frames[len(x.image):])
+            media = [Clip(tuple(resize_media(f, size) for f in x.image.frames) + m.frames[len(x.image):])
                      for x, m in zip(inputs, media, strict=True)]
         if task == "complete":  # the given top half is the request's own
             for x, m in zip(inputs, media, strict=True):
