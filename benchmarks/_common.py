@@ -73,9 +73,12 @@ def record(title: str, rows: list[str], save: bool, current: dict[str, tuple[str
     lines = RESULTS.read_text().splitlines()
     end = lines.index("<!-- current:end -->")
     cpu = machine().split(",")[0].replace("Intel(R) ", "").replace("(R)", "").replace(" Processor", "")
+    cell = f"`{args.removeprefix('benchmarks/')}`"
+    if len(cell) > 160:  # a long command is in full in its block; the table names the block
+        cell = f"`{cell[1:].split()[0]} ...` (in full: the {_dt.date.today().isoformat()} block \"{title}\")"
     for preset, (figure, scorer, training) in (current or {}).items():
         row = (f"| {preset} | {figure} | {scorer} | {training} | {_dt.date.today().isoformat()} | "
-               f"{cpu}, {os.cpu_count()} cores | `{args.removeprefix('benchmarks/')}` |")
+               f"{cpu}, {os.cpu_count()} cores | {cell} |")
         at = next((i for i, line in enumerate(lines[:end]) if line.startswith(f"| {preset} |")), None)
         if at is None:
             lines.insert(end, row)

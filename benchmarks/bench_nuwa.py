@@ -26,15 +26,24 @@ TASK_NAMES = {"t2i": "text-to-image", "t2v": "text-to-video", "predict": "video 
               "sketch": "sketch-to-image", "complete": "image completion"}
 
 
-def evaluate(run: Path, n: int | None, reuse: bool = False) -> dict:
+def evaluate(run: Path, n: int | None, reuse: bool = False, rescore: bool = False) -> dict:
     """ShapesBench (t2i) and VideoBench (the rest) of `run`, at the preset's sampling settings; with `reuse`,
-    the scores an earlier invocation of this function left in RUN/eval/ (an interrupted benchmark's arms)."""
+    the scores an earlier invocation of this function left in RUN/eval/ (an interrupted benchmark's arms); with
+    `rescore`, the outputs it left there judged again by today's scorer (sampling speeds as they were timed)."""
     import t2i
+    from t2i.eval import shapesbench as sbench
+    from t2i.eval import videobench as vbench
     from t2i.eval.runs import evaluate as shapesbench
     from t2i.eval.runs import evaluate_suites
 
     done = [run / "eval" / f for f in ("shapesbench.json", "videobench.json")]
-    if reuse and all(f.is_file() for f in done):
+    if rescore:
+        old_sb, old_vb = (json.loads(f.read_text()) for f in done)
+        sb = {**sbench.score_dir(run / "eval" / "shapesbench", write=False, progress=False),
+              "sampling": old_sb["sampling"]}
+        vb = vbench.score_dir(run / "eval" / "videobench", write=False, progress=False)
+        seconds = old_vb["sampling"]["seconds"]
+    elif reuse and all(f.is_file() for f in done):
         sb, vb = (json.loads(f.read_text()) for f in done)
         seconds = vb["sampling"]["seconds"]
     else:
@@ -172,9 +181,13 @@ def main() -> None:
                    "nearby, full, axial, t2v, t2i, predict); repeatable")
     p.add_argument("--reuse-eval", action="store_true", help="ablation arms: read the scores an interrupted "
                    "invocation left in each arm's eval/ instead of generating again")
+    p.add_argument("--rescore", action="store_true", help="judge the outputs the main evaluation left in RUN/eval/ "
+                   "again with today's scorer, without generating (speeds are not re-timed)")
     p.add_argument("--label", default="nuwa quick")
     p.add_argument("--record", action="store_true")
     args = p.parse_args()
+    from t2i.eval import shapesbench as sbench
+
     run = Path(args.run)
     rows: list[str] = []
     current: dict[str, tuple[str, str, str]] = {}
@@ -185,7 +198,7 @@ def main() -> None:
     total = sum(meta["train_seconds"].values()) / 60
     if not args.skip_main:
         rows += ["Scorer and data:", "", *validity(), ""]
-        res = evaluate(run, args.n)
+        res = evaluate(run, args.n, rescore=args.rescore)
         rows += ["| task | score | novel | by kind |", "|---|---|---|---|"]
         rows.append(f"| text-to-image (ShapesBench, 600) | {fmt(res['t2i'])} | {fmt(res['t2i_novel'])} | "
                     + ", ".join(f"{k} {fmt(v)}" for k, v in res["t2i_kinds"].items()) + " |")
@@ -193,22 +206,26 @@ def main() -> None:
                     + ", ".join(f"{k} {fmt(v)}" for k, v in (res.get("t2v_kinds") or {}).items()) + " |")
         for task in ("predict", "sketch", "complete"):
             rows.append(f"| {TASK_NAMES[task]} (200) | {fmt(res.get(task))} | - | - |")
-        cached, plain, same = clip_speed(run)
         rows += ["", f"- training: {total:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in
-                                                            meta["train_seconds"].items()) + ")",
-                 f"- sampling: {cached:.2f} clips/s with the KV cache, {plain:.2f} without ({cached / plain:.1f}x); "
-                 f"identical clips: {same}; text-to-image {res['images_per_s']:.1f} images/s",
-                 f"- VideoBench generation and scoring: {res['video_seconds']:.0f} s"]
+                                                            meta["train_seconds"].items()) + ")"]
+        if args.rescore:
+            rows.append(f"- re-scored: the outputs kept in {run}/eval/ judged by {sbench.VERSION}; no sampling timed")
+        else:
+            cached, plain, same = clip_speed(run)
+            rows += [f"- sampling: {cached:.2f} clips/s with the KV cache, {plain:.2f} without ({cached / plain:.1f}x);"
+                     f" identical clips: {same}; text-to-image {res['images_per_s']:.1f} images/s",
+                     f"- VideoBench generation and scoring: {res['video_seconds']:.0f} s"]
         curve = [r for r in csv.DictReader((run / "eval.csv").open()) if r["stage"] == "transformer"]
         if curve:
             keys = [k for k in ("t2v", "t2i", "predict", "sketch") if k in curve[0]]
-            rows += ["", "Training curve (the in-training probe, 24 requests per task, 48 ShapesBench prompts):", "",
+            rows += ["", "Training curve (the in-training probe, 24 requests per task, 48 ShapesBench prompts, scored while training):", "",
                      "| step | minutes | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
             rows += [f"| {r['step']} | {float(r['train_minutes']):.1f} | " + " | ".join(fmt(float(r[k])) for k in keys)
                      + " |" for r in curve]
         current[args.label] = (f"t2v {fmt(res.get('t2v'))} (novel {fmt(res.get('t2v_novel'))}), predict "
                                f"{fmt(res.get('predict'))}, t2i {fmt(res['t2i'])}, sketch {fmt(res.get('sketch'))}, "
-                               f"complete {fmt(res.get('complete'))}", "v2 per frame", f"{total:.1f} min")
+                               f"complete {fmt(res.get('complete'))}", f"{sbench.DEFAULT_SCORER} per frame",
+                               f"{total:.1f} min")
     arms: dict[str, list[tuple[str, str, list[str]]]] = {  # label, run name, settings
         "attention": [("nearby", "nearby", []), ("full", "full", ["net.attention=full"]),
                       ("axial", "axial", ["net.attention=axial"])],

@@ -203,6 +203,24 @@ def test_touching_same_colour_objects_blurred_together_are_counted_apart():
     assert sb.score_image(img, "two red squares") == (True, "")
 
 
+@pytest.mark.parametrize("size", ["medium", "large"])
+def test_a_blob_between_square_and_circle_is_no_shape_under_v21(size):
+    """Corners rounded by 60% of the half-side: halfway to a circle, where the two templates fit about equally
+    (misfit ratio ~1.1). v2 named it a square; v2.1 names neither, so neither caption passes by luck. At 50%
+    it is still a square and at 70% a circle under both."""
+    from t2i.data.shapes import SIZES
+
+    r = SIZES[size]
+    between = rounded_square("orange", 0.5, 0.5, r, 0.6 * r)
+    assert [d.shape for d in sb.detect(between, "v2")] == ["square"]
+    assert [d.shape for d in sb.detect(between)] == ["unknown"]
+    named = "" if size == "medium" else f"{size} "
+    for caption in (f"a {named}orange square", f"a {named}orange circle"):
+        assert not sb.score_image(between, caption)[0]
+    assert [d.shape for d in sb.detect(rounded_square("orange", 0.5, 0.5, r, 0.5 * r))] == ["square"]
+    assert [d.shape for d in sb.detect(rounded_square("orange", 0.5, 0.5, r, 0.7 * r))] == ["circle"]
+
+
 def test_a_blob_that_fits_no_template_is_no_shape():
     img = np.full((64, 64, 3), 245, np.uint8)
     img[20:30, 10:50] = (220, 40, 40)  # a 4:1 bar
@@ -218,12 +236,13 @@ def test_groundtruth_is_exact_at_every_resolution(prompts, size):
         assert sb.score_image(render_prompt(p, seed=i, size=size)[0], p) == (True, ""), (size, p)
 
 
-def test_scorer_is_versioned_and_v1_writes_beside_v2(tmp_path, prompts, groundtruth):
+def test_scorer_is_versioned_and_older_ones_write_beside_it(tmp_path, prompts, groundtruth):
     sb.write_images(tmp_path, ((groundtruth[i], prompts[i], i) for i in range(0, 600, 60)))
-    assert sb.score_dir(tmp_path, progress=False)["version"] == "shapesbench-v2" == sb.VERSION
-    assert sb.score_dir(tmp_path, progress=False, scorer="v1")["version"] == "shapesbench-v1"
-    assert json.loads((tmp_path / "shapesbench.json").read_text())["version"] == "shapesbench-v2"
-    assert json.loads((tmp_path / "shapesbench-v1.json").read_text())["version"] == "shapesbench-v1"
+    assert sb.score_dir(tmp_path, progress=False)["version"] == "shapesbench-v2.1" == sb.VERSION
+    for old in ("v1", "v2"):
+        assert sb.score_dir(tmp_path, progress=False, scorer=old)["version"] == f"shapesbench-{old}"
+        assert json.loads((tmp_path / f"shapesbench-{old}.json").read_text())["version"] == f"shapesbench-{old}"
+    assert json.loads((tmp_path / "shapesbench.json").read_text())["version"] == "shapesbench-v2.1"
     with pytest.raises(UserError, match="unknown ShapesBench scorer 'v3'"):
         sb.score_dir(tmp_path, scorer="v3")
 

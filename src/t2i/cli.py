@@ -427,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bench.add_parser("score", help="score a folder of generated images or clips (index.jsonl + PNGs); rows "
                           "with clips or a predict/sketch/complete task are judged by VideoBench")
     bs.add_argument("dir")
-    bs.add_argument("--scorer", default="v2", help="v2 (default: fits blurred shape templates) or v1 (the "
-                    "threshold rules of figures recorded before v2; writes DIR/shapesbench-v1.json)")
+    bs.add_argument("--scorer", default="v2.1", help="v2.1 (default: fits blurred shape templates, a blob between "
+                    "two shapes is no shape), v2 (the fit alone: figures of 2026-12-01..02) or v1 (the threshold "
+                    "rules of figures before; writes DIR/shapesbench-v1.json)")
     bs.add_argument("-q", "--quiet", action="store_true")
     bs.set_defaults(func=cmd_bench_score)
 

@@ -2,13 +2,18 @@
 
 No learned judge: every pixel is explained as a blend of the background and one palette colour (anti-aliased
 and blurred edges lie on that line, so they keep their object's colour), pixels at least half-covered form
-connected components per colour, and small specks are dropped. Scorer v2 (`shapesbench-v2`, the default)
-then judges each object the way the eye does on soft images: a component that falls apart at a higher
-coverage level is split (blur joins touching objects), and each object's soft coverage, rim included, is
-fitted to the three shape templates rendered at the size its area implies and blurred over a range of
-widths; the best fit gives the shape, and the fitted template gives size and box (a blob that fits none is
-`unknown`). v1 (`shapesbench-v1`, `scorer="v1"`) read the shape from the thresholded mask (fill > 0.9 ->
-square), which called soft squares circles; it stays selectable so that older figures can be reproduced.
+connected components per colour, and small specks are dropped. Scorer v2 then judges each object the way the
+eye does on soft images: a component that falls apart at a higher coverage level is split (blur joins
+touching objects), and each object's soft coverage, rim included, is fitted to the three shape templates
+rendered at the size its area implies and blurred over a range of widths; the best fit gives the shape, and
+the fitted template gives size and box (a blob that fits none is `unknown`).
+
+v2.1 (`shapesbench-v2.1`, the default) adds what the eye does with a blob between two shapes: it names
+neither. When the runner-up template fits almost as well as the best (misfit ratio below MIN_MARGIN), the
+object is `unknown`. Exact and blurred renders never come near that (ratio >= 3.2 at blur 1.5 px plus
+noise), but a weak generator's blobs do, and under v2 a third of them passed by luck on the shape named.
+v2 (`scorer="v2"`) and v1 (`scorer="v1"`, the thresholded mask: fill > 0.9 -> square, which called soft
+squares circles) stay selectable so that older figures can be reproduced.
 
 An image passes when it holds exactly the objects its caption names and nothing else, with the named
 attributes and relation. The score is the unweighted mean over kinds (GenEval's convention); prompts that
@@ -50,7 +55,7 @@ from t2i.images import frame_count, save_media
 # The prompt list is seeded by this name and stays the same under every scorer, so figures compare across
 # scorer versions on the same images.
 PROMPT_SET = "shapesbench-v1"
-VERSION = "shapesbench-v2"  # the default scorer's name, what a result records
+VERSION = "shapesbench-v2.1"  # the default scorer's name, what a result records
 PROMPTS_PER_KIND = 100
 NOVEL_PER_KIND = 20
 MIN_AREA = 20  # px at 64x64: the smallest object (small triangle) covers ~80; specks below this are noise
@@ -189,6 +194,9 @@ def detect_v1(image: Image.Image | np.ndarray) -> list[Detection]:
 FIT_SIGMAS = (0.0, 0.5, 0.8, 1.1, 1.4, 1.8, 2.2)  # px at 64x64: from exact renders to a generator's soft edges
 RIM = 4  # px around the half-covered core where a blurred object still holds coverage
 MAX_MISFIT = 0.35  # squared template error per unit of area above which a blob is no shape at all
+# v2.1: runner-up misfit / best misfit below which an object is between two shapes. Exact and blurred truth sit
+# at >= 3.2; generated objects below 1.15 were blobs to the eye, 1.15..1.3 a mix (2026-12-02, docs/shapes.md).
+MIN_MARGIN = 1.2
 
 
 def _radius(shape: str, area: float) -> float:
@@ -211,26 +219,29 @@ def _blur_matrices(n: int) -> np.ndarray:
     return out
 
 
-def _fit(w: np.ndarray, valid: np.ndarray, x0: int, y0: int) -> tuple[str, float, float, float, float]:
-    """Best template for soft coverage `w` on the window at (x0, y0): (shape, cx, cy, r, misfit), px units."""
+def _fit(w: np.ndarray, valid: np.ndarray, x0: int, y0: int) -> tuple[str, float, float, float, float, float]:
+    """Best template for soft coverage `w` on the window at (x0, y0): (shape, cx, cy, r, misfit, margin), px
+    units; margin is the runner-up's misfit over the best's."""
     mass = float(w.sum())
     ys, xs = np.indices(w.shape, dtype=np.float32)
     mx, my = float((w * xs).sum() / mass) + 0.5, float((w * ys).sum() / mass) + 0.5
     gy, gx = _blur_matrices(w.shape[0]), _blur_matrices(w.shape[1])
-    best = ("circle", 0.0, 0.0, 0.0, np.inf)
+    best, errs = ("circle", 0.0, 0.0, 0.0, np.inf), []
     for shape in SHAPES:
         r = _radius(shape, mass)
         cy = my - r / 3 if shape == "triangle" else my  # a triangle's centroid sits a third of r below its centre
         t = shape_coverage(shape, (x0 + mx) / NATIVE_SIZE, (y0 + cy) / NATIVE_SIZE, r / NATIVE_SIZE, NATIVE_SIZE,
                            x0, y0, x0 + w.shape[1], y0 + w.shape[0])
-        err = ((((gy @ t) @ gx.transpose(0, 2, 1)) - w) ** 2 * valid).sum(axis=(1, 2)).min() / mass
+        err = float(((((gy @ t) @ gx.transpose(0, 2, 1)) - w) ** 2 * valid).sum(axis=(1, 2)).min() / mass)
+        errs.append(err)
         if err < best[4]:
-            best = (shape, x0 + mx, y0 + cy, r, float(err))
-    return best
+            best = (shape, x0 + mx, y0 + cy, r, err)
+    return (*best, sorted(errs)[1] / max(best[4], 1e-9))
 
 
 SPLIT_LEVELS = (0.6, 0.7, 0.8, 0.9)  # coverage levels at which touching blurred objects come apart
 SPLIT_MIN_AREA = 6  # px: a part smaller than this at a split level is a noise island, not an object
+SPLIT_MIN_MISFIT = 0.05  # a component that fits one template better than this is never tried for a split (speed)
 
 
 def _soft(j: int, ci: int, win: tuple[slice, slice], owner: np.ndarray, ids: np.ndarray,
@@ -264,8 +275,9 @@ def _split(mask: np.ndarray, sl: tuple[slice, slice], alpha: np.ndarray) -> list
     return []
 
 
-def _fit_all(cores: list[tuple[int, np.ndarray]], unmixed: tuple) -> list[tuple[str, float, float, float, float, float]]:
-    """(shape, cx, cy, r, misfit, soft area) per core: each core's soft coverage (core plus rim, every rim
+def _fit_all(cores: list[tuple[int, np.ndarray]], unmixed: tuple) -> list[tuple[str, float, float, float, float, float,
+                                                                                 float]]:
+    """(shape, cx, cy, r, misfit, margin, soft area) per core: each core's soft coverage (core plus rim, every rim
     pixel given to the nearest core) fitted to the blurred templates."""
     ids = np.zeros(unmixed[1].shape, dtype=np.int32)
     for j, (_, core) in enumerate(cores, 1):
@@ -282,12 +294,13 @@ def _fit_all(cores: list[tuple[int, np.ndarray]], unmixed: tuple) -> list[tuple[
     return out
 
 
-def detect_v2(image: Image.Image | np.ndarray) -> list[Detection]:
+def detect_v2(image: Image.Image | np.ndarray, min_margin: float = 0.0) -> list[Detection]:
     """v2: components as in v1; each one's soft coverage fitted to the blurred templates. A component that
     falls apart at a higher coverage level is taken as several objects only when every part fits its template
     at least twice as well as the whole did: touching objects that blur joined fit badly as one shape (misfit
     ~0.3) and well apart (~0.005), while a textured single object fits well whole and worse in pieces.
-    Shape, size and box come from the fitted templates."""
+    Shape, size and box come from the fitted templates; an object whose runner-up template fits within
+    `min_margin` times the best fit's misfit is `unknown` (v2.1)."""
     comps, unmixed = _components(_to_array(image))
     if not comps:
         return []
@@ -300,6 +313,8 @@ def detect_v2(image: Image.Image | np.ndarray) -> list[Detection]:
     fits = _fit_all(cores, unmixed)
     for i in reversed(range(len(comps))):
         ci, sl, mask = comps[i]
+        if fits[i][4] < SPLIT_MIN_MISFIT:  # one shape already fits: blurred-together objects fit at ~0.3
+            continue
         parts = _split(mask, sl, alpha)
         if not parts:
             continue
@@ -308,8 +323,8 @@ def detect_v2(image: Image.Image | np.ndarray) -> list[Detection]:
         if max(f[4] for f in trial_fits[i:i + len(parts)]) < fits[i][4] / 2:
             cores, fits = trial, trial_fits
     dets = []
-    for (ci, _), (shape, cx, cy, r, misfit, area) in zip(cores, fits, strict=True):
-        if misfit > MAX_MISFIT:
+    for (ci, _), (shape, cx, cy, r, misfit, margin, area) in zip(cores, fits, strict=True):
+        if misfit > MAX_MISFIT or margin < min_margin:
             shape = "unknown"
         box = ((cx - r) / NATIVE_SIZE, (cy - r) / NATIVE_SIZE, (cx + r) / NATIVE_SIZE, (cy + r) / NATIVE_SIZE)
         color = COLORS[ci] if ci < len(COLORS) else "other"
@@ -317,15 +332,21 @@ def detect_v2(image: Image.Image | np.ndarray) -> list[Detection]:
     return _sorted(dets)
 
 
-SCORERS: dict[str, Callable[[Image.Image | np.ndarray], list[Detection]]] = {"v1": detect_v1, "v2": detect_v2}
-DEFAULT_SCORER = "v2"
+def detect_v21(image: Image.Image | np.ndarray) -> list[Detection]:
+    """v2.1: v2, with blobs between two shapes called `unknown`."""
+    return detect_v2(image, MIN_MARGIN)
+
+
+SCORERS: dict[str, Callable[[Image.Image | np.ndarray], list[Detection]]] = {
+    "v1": detect_v1, "v2": detect_v2, "v2.1": detect_v21}
+DEFAULT_SCORER = "v2.1"
 
 
 def version(scorer: str = DEFAULT_SCORER) -> str:
-    """The name a result records: `shapesbench-v2`; an unknown scorer is a one-line error."""
+    """The name a result records: `shapesbench-v2.1`; an unknown scorer is a one-line error."""
     if scorer not in SCORERS:
         raise UserError(f"unknown ShapesBench scorer {scorer!r}; use one of {', '.join(SCORERS)} "
-                        f"(v1 reproduces figures recorded before v2)")
+                        f"(v1 reproduces figures recorded before 2026-12-01, v2 those of 2026-12-01..02)")
     return f"shapesbench-{scorer}"
 
 
