@@ -163,6 +163,70 @@ def heldout_loss(run: Path, n: int = 64) -> dict[str, float]:
     return out
 
 
+def sketch_fidelity(vq, n: int = 200) -> tuple[float, float]:
+    """How much of a sketch survives a VQ round trip, on the `n` sketch-to-image requests of VideoBench:
+    the fraction whose outlines read back (`sketch_objects`: same count, each centre within 0.02) and the
+    mean IoU of the ink (pixels darker than 160)."""
+    import numpy as np
+    import torch
+
+    from t2i.data.video import sketch_objects
+    from t2i.eval import videobench as vb
+    from t2i.images import images_to_tensor, tensor_to_images
+
+    src = [r["image"] for r in vb.task_requests("sketch", n)]
+    with torch.no_grad():
+        rec = tensor_to_images(vq.decode(vq.encode(images_to_tensor(src))))
+    kept, iou = 0, []
+    for a, b in zip(src, rec, strict=True):
+        ca, cb = sketch_objects(a), sketch_objects(b)
+        kept += len(ca) == len(cb) and all(min(np.hypot(x - u, y - v) for u, v in cb) <= 0.02 for x, y in ca)
+        ia, ib = (np.asarray(im.convert("L")) < 160 for im in (a, b))
+        iou.append((ia & ib).sum() / max((ia | ib).sum(), 1))
+    return kept / n, float(np.mean(iou))
+
+
+def sketch_vq(run: Path, steps: int) -> list[str]:
+    """Shared VQ or one of their own for sketches (NUWA used a separate VQ-GAN): the run's image VQ against a
+    VQ of the same configuration trained on sketches of `shapes` scenes for `steps` steps (in
+    RUN-sketch-vq/, resumable), compared on what a sketch keeps through each."""
+    import dataclasses
+    from itertools import islice
+
+    from t2i.codecs.vq import ImageTokenizer
+    from t2i.data.sources import open_source
+    from t2i.data.video import sketch
+    from t2i.families import read_config
+    from t2i.families.tokens.stages import VQStage
+    from t2i.images import images_to_tensor
+    from t2i.train.rundir import load_part, write_meta
+    from t2i.train.stages import Stages, stage_data
+
+    cfg_family, cfg = read_config(run)
+    shared = load_part(ImageTokenizer(cfg.vq), run, "vq")
+    own_run = run.parent / f"{run.name}-sketch-vq"
+    own_run.mkdir(exist_ok=True)
+    if not (own_run / "run.json").is_file():
+        write_meta(own_run, {"family": cfg_family.name, "preset": "sketch-vq (bench_nuwa.py)", "stages_done": []})
+    stages, tc = Stages(own_run, cfg.seed), dataclasses.replace(cfg.stages.vq, steps=steps, sample_every=0)
+    data = stage_data(cfg.data, tc)
+    if stages.todo("vq"):
+        def sketches(start: int):  # shapes is index-addressed, so `start` resumes exactly
+            stream = open_source(data.train_spec(), resolution=data.resolution, seed=cfg.seed, start=start)
+            while True:
+                yield {"image": images_to_tensor([sketch(s.meta) for s in islice(stream, tc.batch_size)])}
+        stages.fit("vq", VQStage(ImageTokenizer(cfg.vq)), tc, {"vq": "vq"}, sketches, None, progress=True)
+        stages.finish("vq")
+    own = load_part(ImageTokenizer(cfg.vq), own_run, "vq")
+    minutes = stages.meta["train_seconds"]["vq"] / 60
+    rows = ["| sketch tokens | outlines read back (count, centres within 0.02) | ink IoU |", "|---|---|---|"]
+    for label, vq in ((f"shared: the run's image VQ ({cfg.stages.vq.steps} steps on scenes and frames)", shared),
+                      (f"their own: the same VQ trained on sketches, {steps} steps ({minutes:.1f} min)", own)):
+        kept, iou = sketch_fidelity(vq)
+        rows.append(f"| {label} | {kept:.3f} | {iou:.3f} |")
+    return rows
+
+
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -177,6 +241,8 @@ def main() -> None:
     p.add_argument("--ablation-steps", type=int, default=250)
     p.add_argument("--ablation-n", type=int, default=48)
     p.add_argument("--skip-main", action="store_true", help="only the ablations")
+    p.add_argument("--sketch-vq", type=int, default=0, metavar="STEPS", help="also train a VQ on sketches alone for "
+                   "STEPS steps and compare what sketches keep through it and through the run's shared VQ")
     p.add_argument("--only", action="append", default=[], metavar="ARM", help="run only these arms (by run name: "
                    "nearby, full, axial, t2v, t2i, predict); repeatable")
     p.add_argument("--reuse-eval", action="store_true", help="ablation arms: read the scores an interrupted "
@@ -248,7 +314,10 @@ def main() -> None:
             rows.append(f"| {name} | " + " | ".join(fmt(res.get(t)) for t in ("t2v", "predict", "t2i", "sketch",
                                                                              "complete"))
                         + f" | {loss['t2v']:.3f}, {loss['predict']:.3f}, {loss['t2i']:.3f} | {samples_per_s(arm):.1f} |")
-    title = "the attention and task ablations" if args.skip_main else "VideoBench and ShapesBench on every task"
+    if args.sketch_vq:
+        rows += ["", "Sketch tokens, 200 VideoBench sketch requests through each VQ:", "", *sketch_vq(run, args.sketch_vq)]
+    title = ("the sketch tokenizer" if args.skip_main and not args.ablation else "the attention and task ablations"
+             if args.skip_main else "VideoBench and ShapesBench on every task")
     record(f"NUWA {args.preset}: {title}", rows, args.record, current)
 
 
