@@ -186,6 +186,11 @@ def test_score_dir_judges_each_row_by_its_task_and_needs_truth(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "out" / "videobench.json").read_text())
     assert {t: s["overall"] for t, s in result["tasks"].items()} == {"t2i": 1.0, "t2v": 1.0, "sketch": 1.0}
+    r = cli("bench", "score", tmp_path / "out", "-q", "--scorer", "v1")  # an older scorer writes beside it
+    assert r.returncode == 0, r.stderr
+    older = json.loads((tmp_path / "out" / "videobench-v1.json").read_text())
+    assert older["version"].endswith("(shapesbench-v1 per frame)")
+    assert json.loads((tmp_path / "out" / "videobench.json").read_text()) == result  # the default's, untouched
     rows = (tmp_path / "out" / "index.jsonl").read_text().splitlines()
     (tmp_path / "out" / "index.jsonl").write_text(rows[2].replace('"truth"', '"truht"') + "\n")
     r = cli("bench", "score", tmp_path / "out", "-q")

@@ -329,8 +329,8 @@ def score_dir(directory: str | Path, write: bool = True, progress: bool = True,
         else:
             s = {"overall": sum(r["ok"] for r in mine) / len(mine), "counts": {task: len(mine)}}
         result["tasks"][task] = s
-    if write:
-        out = directory / "videobench.json"
+    if write:  # an older scorer's result goes beside the default's, never over it (as ShapesBench's)
+        out = directory / ("videobench.json" if scorer == DEFAULT_SCORER else f"videobench-{scorer}.json")
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({**result, "items": per_row}, indent=1))
         tmp.replace(out)
