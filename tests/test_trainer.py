@@ -121,3 +121,27 @@ def test_cached_batches_cover_each_epoch_and_resume_exactly():
     assert [i for batch in first[3:] for i in batch] != epoch0  # a new permutation next epoch
     resumed = cached_batches(cache, 3, start=4 * 3, seed=1)
     assert next(resumed)["ids"].flatten().tolist() == first[4]
+
+
+class AutocastProbe(Toy):
+    """The toy, recording whether each training forward ran under CPU autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, batch, generator=None):
+        self.seen.append(torch.is_autocast_enabled("cpu"))
+        return super().forward(batch, generator)
+
+
+@pytest.mark.parametrize(("precision", "autocast"), [("auto", False), ("fp32", False), ("bf16", True)])
+def test_auto_trains_in_fp32_on_a_cpu_and_bf16_is_still_there_on_request(tmp_path, precision, autocast):
+    """On a CPU `auto` means fp32 (every CPU preset's stage trained faster so: bench_precision.py); bf16 is
+    still what `precision: bf16` asks for."""
+    from t2i.train.trainer import train_precision
+
+    model = AutocastProbe()
+    Trainer("s", model, _cfg(steps=2, precision=precision), tmp_path, {"toy": "net"}, _data(8), progress=False).fit()
+    assert model.seen and set(model.seen) == {autocast}
+    assert train_precision("auto", torch.device("cuda")) == "auto"  # on a GPU autocast decides by the hardware

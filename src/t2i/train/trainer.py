@@ -1,6 +1,6 @@
 """The one trainer every family uses: a stage is an `nn.Module` whose forward(batch, generator) returns losses.
 
-What it owns, so no family re-implements it: bf16 autocast (CPU and CUDA) and channels_last, AdamW with
+What it owns, so no family re-implements it: bf16 autocast (where it pays) and channels_last, AdamW with
 warmup + cosine/constant LR, gradient clipping and accumulation, EMA weights, DDP under `torchrun`,
 checkpoints (EMA weights as safetensors per part, everything else in `train_state.pt`) with exact resume,
 a progress bar with loss / it/s / ETA, `log.csv`, optional TensorBoard, sample grids, and a NaN guard that
@@ -33,6 +33,14 @@ from t2i.errors import UserError
 from t2i.train.rundir import truncate_log, widen_log
 
 
+def train_precision(precision: str, device: torch.device) -> str:
+    """What `auto` trains in: fp32 on a CPU, where every stage of the CPU presets trained 1.06-1.53x faster
+    than under bf16 autocast, because at their widths (128-256) the casts cost more than AMX's bf16 GEMMs
+    save (benchmarks/bench_precision.py, 2026-12-02); bf16 where the GPU has it. Sampling keeps bf16 on a
+    CPU: without a backward pass it pays there (`diffusion.generate.SampleConfig`)."""
+    return "fp32" if precision == "auto" and device.type == "cpu" else precision
+
+
 @dataclass
 class TrainConfig:
     """One stage's settings: a family's `stages.<name>`. `batch_size` is global: DDP ranks split it. `resolution`
@@ -50,7 +58,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables EMA (the saved weights are then the online ones)
-    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, fp32 on CPUs: `train_precision`) | bf16 | fp32
     channels_last: bool = True
     ckpt_every: int = 200
     sample_every: int = 0
@@ -253,7 +261,7 @@ class Trainer:
             totals: dict[str, float] = {}
             for _ in range(cfg.grad_accum):
                 batch = self._to_device(next(data))
-                with runtime.autocast(self.device, cfg.precision):
+                with runtime.autocast(self.device, train_precision(cfg.precision, self.device)):
                     losses = self.ddp(batch, generator=self.gen)
                 loss = losses["loss"].float()
                 if not torch.isfinite(loss):
