@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -111,6 +112,13 @@ def _shapes(n: int, seed: int = 0) -> list[Image.Image]:
 
 def _same(a: Image.Image, b: Image.Image) -> bool:
     return a.tobytes() == b.tobytes()
+
+
+def _close(a: Image.Image, b: Image.Image, levels: int = 2) -> bool:
+    """Equal up to rounding: the same request in batches of different sizes runs GEMMs of different shapes,
+    whose float sums may differ in the last bit and move a pixel by one level. A leak between requests (the
+    other row's prompt or seed) moves pixels by tens of levels."""
+    return a.size == b.size and int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) <= levels
 
 
 def test_text_to_image_runs_prior_decoder_and_sr(run, pipe):
@@ -272,6 +280,6 @@ def test_the_latent_decoder_trains_on_cached_latents_and_embeddings_and_needs_no
     a = _shapes(1)[0]
     images = pipe(["a red circle", ""], inputs=[None, Input("variation", a)], seed=0)
     assert [im.size for im in images] == [(64, 64)] * 2
-    assert _same(images[1], pipe(["other"], seeds=[1], inputs=[Input("variation", a)])[0])
+    assert _close(images[1], pipe(["other"], seeds=[1], inputs=[Input("variation", a)])[0])
     with pytest.raises(UserError, match="no SR stage"):
         pipe(["a red circle"], stop_at="sr")
