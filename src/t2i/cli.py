@@ -94,7 +94,7 @@ def cmd_bench_groundtruth(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_score(args: argparse.Namespace) -> None:
-    from t2i.eval.shapesbench import VERSION, format_table, read_index, score_dir
+    from t2i.eval.shapesbench import format_table, read_index, result_path, score_dir
 
     rows = read_index(args.dir)
     if any(r.get("frames", 1) > 1 or r.get("task") in ("predict", "sketch", "complete") for r in rows):
@@ -102,12 +102,10 @@ def cmd_bench_score(args: argparse.Namespace) -> None:
         from t2i.eval.videobench import score_dir as score_video
 
         print(format_video_table(score_video(args.dir, progress=not args.quiet, scorer=args.scorer)))
-        print(f"wrote {Path(args.dir) / 'videobench.json'}")
+        print(f"wrote {result_path(args.dir, 'videobench', args.scorer)}")
         return
-    result = score_dir(args.dir, progress=not args.quiet, scorer=args.scorer)
-    print(format_table(result))
-    name = "shapesbench.json" if result["version"] == VERSION else f"{result['version']}.json"
-    print(f"wrote {Path(args.dir) / name}")
+    print(format_table(score_dir(args.dir, progress=not args.quiet, scorer=args.scorer)))
+    print(f"wrote {result_path(args.dir, 'shapesbench', args.scorer)}")
 
 
 # ------------------------------------------------------------------------------------------ models

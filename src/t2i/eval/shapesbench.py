@@ -467,11 +467,22 @@ def score_dir(directory: str | Path, write: bool = True, progress: bool = True,
         per_image.append({**row, "ok": ok, "reason": why})
     result = summarize(((r["prompt"], r["ok"]) for r in per_image), scorer)
     if write:
-        out = directory / ("shapesbench.json" if scorer == DEFAULT_SCORER else f"{version(scorer)}.json")
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**result, "images": per_image}, indent=1))
-        tmp.replace(out)
+        write_result(result_path(directory, "shapesbench", scorer), {**result, "images": per_image})
     return result
+
+
+def result_path(directory: str | Path, stem: str, scorer: str = DEFAULT_SCORER) -> Path:
+    """Where a score of `directory` goes: STEM.json under the default scorer, STEM-SCORER.json under an older
+    one, so an old figure never overwrites a new (ShapesBench's and VideoBench's results alike)."""
+    version(scorer)
+    return Path(directory) / (f"{stem}.json" if scorer == DEFAULT_SCORER else f"{stem}-{scorer}.json")
+
+
+def write_result(path: Path, payload: dict) -> None:
+    """Written whole or not at all: a scoring interrupted mid-write leaves the previous result."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
 
 
 def format_table(result: dict) -> str:

@@ -51,9 +51,11 @@ from t2i.eval.shapesbench import (
     detect_v1,
     judge,
     read_index,
+    result_path,
     summarize,
     tally_kinds,
     version,
+    write_result,
 )
 from t2i.images import Clip, as_stored, frames_of, from_stored, stored_frames
 
@@ -290,8 +292,9 @@ def summarize_video(records: Iterable[tuple[str, bool]]) -> dict:
 
 def score_dir(directory: str | Path, write: bool = True, progress: bool = True,
               scorer: str = DEFAULT_SCORER) -> dict:
-    """Score a folder of images, clips and conditional-task outputs; writes DIR/videobench.json with one
-    summary per task present (text-to-image as ShapesBench's) and one row per file."""
+    """Score a folder of images, clips and conditional-task outputs; writes DIR/videobench.json (under an older
+    scorer DIR/videobench-SCORER.json) with one summary per task present (text-to-image as ShapesBench's)
+    and one row per file."""
     from tqdm import tqdm
 
     version(scorer)
@@ -329,11 +332,8 @@ def score_dir(directory: str | Path, write: bool = True, progress: bool = True,
         else:
             s = {"overall": sum(r["ok"] for r in mine) / len(mine), "counts": {task: len(mine)}}
         result["tasks"][task] = s
-    if write:  # an older scorer's result goes beside the default's, never over it (as ShapesBench's)
-        out = directory / ("videobench.json" if scorer == DEFAULT_SCORER else f"videobench-{scorer}.json")
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**result, "items": per_row}, indent=1))
-        tmp.replace(out)
+    if write:
+        write_result(result_path(directory, "videobench", scorer), {**result, "items": per_row})
     return result
 
 
