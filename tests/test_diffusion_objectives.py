@@ -96,6 +96,32 @@ def test_min_snr_weight_is_the_same_x0_weight_for_every_target(objective, schedu
     torch.testing.assert_close(lhs, rhs, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("schedule_name", list(SCHEDULES))
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_velocity_weight_is_the_flow_error_for_every_target(objective, schedule_name):
+    """w_target * |output error|^2 == min(((alpha + sigma) / sigma)^2, 400) * |x0 error|^2: the squared velocity
+    error the output's x0 error implies (JiT's v-loss), capped where sigma is tiny."""
+    x0, eps, alpha, sigma = noisy_batch(Schedule.from_name(schedule_name))
+    x_t = alpha * x0 + sigma * eps
+    delta = 1e-3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    out = prediction_target(objective, x0, eps, alpha, sigma) + delta
+    x0_err = to_x0_eps(objective, out, x_t, alpha, sigma)[0] - x0
+    a, s = alpha.flatten(), sigma.flatten()
+    lhs = loss_weight("velocity", objective, a, s) * delta.square().flatten(1).sum(1)
+    rhs = torch.clamp(((a + s) / s) ** 2, max=400.0) * x0_err.square().flatten(1).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-9, atol=1e-15)
+
+
+def test_velocity_weight_is_uniform_flow_training_away_from_clean():
+    t = torch.linspace(0.05, 0.99, 20, dtype=F64)
+    flow = Schedule.from_name("flow")
+    alpha, sigma = flow.alpha(t), flow.sigma(t)
+    torch.testing.assert_close(loss_weight("velocity", "flow", alpha, sigma), torch.ones_like(t))
+    torch.testing.assert_close(loss_weight("velocity", "x0", alpha, sigma), 1 / t**2)
+    near_clean = torch.tensor([1e-4], dtype=F64)
+    assert loss_weight("velocity", "x0", flow.alpha(near_clean), flow.sigma(near_clean)).item() == 400.0
+
+
 def test_min_snr_weights_are_finite_at_the_ends():
     alpha = torch.tensor([1.0, 0.0], dtype=F64)
     sigma = torch.tensor([0.0, 1.0], dtype=F64)

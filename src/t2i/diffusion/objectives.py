@@ -26,7 +26,8 @@ from t2i.diffusion.schedules import Schedule
 from t2i.errors import UserError
 
 OBJECTIVES = ("eps", "v", "x0", "flow")
-WEIGHTINGS = ("uniform", "min-snr")
+WEIGHTINGS = ("uniform", "min-snr", "velocity")
+VELOCITY_CAP = 400.0  # JiT divides by max(t, 0.05)
 T_DENSITIES = ("uniform", "logit-normal")
 
 
@@ -78,32 +79,46 @@ def snr(alpha: Tensor, sigma: Tensor) -> Tensor:
     return alpha**2 / sigma**2
 
 
+def _x0_gain(objective: str, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """How much `objective`'s squared output error magnifies the x0 error it causes, at fixed x_t."""
+    if objective == "x0":
+        return torch.ones_like(alpha)
+    if objective == "eps":
+        return snr(alpha, sigma)  # eps error = -(alpha/sigma) x0 error
+    if objective == "v":
+        return (alpha**2 + sigma**2) ** 2 / sigma**2
+    return ((alpha + sigma) / sigma) ** 2
+
+
 def loss_weight(weighting: str, objective: str, alpha: Tensor, sigma: Tensor, gamma: float = 5.0) -> Tensor:
     """Per-sample weight for the squared error on `objective`'s output.
 
-    ``min-snr`` (Hang et al. 2023) weights the *x0* error by min(SNR, gamma): it stops low-noise steps,
-    whose x0 error is tiny but whose eps error is huge, from dominating. The same weight expressed for
-    another target divides by how much that target magnifies an x0 error at fixed x_t:
+    Every weighting is a weight on the *x0* error, expressed for the target trained on by dividing by how much
+    that target magnifies an x0 error at fixed x_t (`_x0_gain`):
 
-    * x0:   min(snr, gamma)
-    * eps:  min(snr, gamma) / snr           (eps error = -(alpha/sigma) x0 error)
-    * v:    min(snr, gamma) / (snr + 1)     (VP; in general the gain is (alpha^2 + sigma^2)^2 / sigma^2)
-    * flow: min(snr, gamma) / ((alpha + sigma) / sigma)^2
+    * x0:   1
+    * eps:  snr                          (eps error = -(alpha/sigma) x0 error)
+    * v:    (alpha^2 + sigma^2)^2 / sigma^2   (snr + 1 for VP)
+    * flow: ((alpha + sigma) / sigma)^2
+
+    ``min-snr`` (Hang et al. 2023) weights the x0 error by min(SNR, gamma): it stops low-noise steps, whose
+    x0 error is tiny but whose eps error is huge, from dominating. ``velocity`` weights it as the velocity
+    (flow) error it implies, capped at 400 (t >= 0.05 on the flow path): JiT's "x-prediction, v-loss"
+    (Li & He 2025), which keeps the x0 output that suits high-dimensional pixel patches while still training
+    the low-noise steps, where edges are drawn, that a uniform x0 loss barely sees.
     """
     _check_objective(objective)
     if weighting == "uniform":
         return torch.ones_like(alpha)
-    if weighting != "min-snr":
+    if weighting not in WEIGHTINGS:
         raise UserError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if weighting == "velocity":
+        flow_gain = ((alpha + sigma) / sigma) ** 2
+        return torch.clamp(flow_gain, max=VELOCITY_CAP) / _x0_gain(objective, alpha, sigma)
     s = snr(alpha, sigma)
-    clipped = torch.clamp(s, max=gamma)
-    if objective == "x0":
-        return clipped
     if objective == "eps":
         return torch.clamp(gamma / s, max=1.0)  # = min(snr, gamma) / snr, finite at snr = 0 and inf
-    if objective == "v":
-        return clipped / ((alpha**2 + sigma**2) ** 2 / sigma**2)
-    return clipped / ((alpha + sigma) / sigma) ** 2
+    return torch.clamp(s, max=gamma) / _x0_gain(objective, alpha, sigma)
 
 
 @dataclass(frozen=True)

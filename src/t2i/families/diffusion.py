@@ -43,7 +43,7 @@ class DiffusionConfig:
 
     schedule: str = "cosine"
     objective: str = "v"
-    weighting: str = "min-snr"
+    weighting: str = "min-snr"  # uniform | min-snr | velocity (x0 error weighted as its flow error: docs/cascade.md)
     gamma: float = 5.0
     t_density: str = "uniform"
     t_mean: float = 0.0
