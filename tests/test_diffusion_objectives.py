@@ -81,34 +81,28 @@ def test_min_snr_weights_match_the_published_formulas(gamma):
     assert (r > gamma).any() and (r < gamma).any()
 
 
+# The x0-error weight each weighting stands for: min(snr, gamma = 5) for min-snr, and for velocity the squared
+# velocity error the x0 error implies (JiT's v-loss), capped where sigma is tiny.
+X0_WEIGHTS = {
+    "min-snr": lambda a, s: torch.clamp(snr(a, s), max=5.0),
+    "velocity": lambda a, s: torch.clamp(((a + s) / s) ** 2, max=400.0),
+}
+
+
+@pytest.mark.parametrize("weighting", list(X0_WEIGHTS))
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_min_snr_weight_is_the_same_x0_weight_for_every_target(objective, schedule_name):
-    """w_target * |output error|^2 == min(snr, gamma) * |x0 error|^2 for the x0 error that output error causes."""
+def test_weighting_is_the_same_x0_weight_for_every_target(objective, schedule_name, weighting):
+    """w_target * |output error|^2 == the weighting's x0 weight * |x0 error|^2 for the x0 error that output error
+    causes."""
     x0, eps, alpha, sigma = noisy_batch(Schedule.from_name(schedule_name))
     x_t = alpha * x0 + sigma * eps
     delta = 1e-3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
     out = prediction_target(objective, x0, eps, alpha, sigma) + delta
     x0_err = to_x0_eps(objective, out, x_t, alpha, sigma)[0] - x0
     a, s = alpha.flatten(), sigma.flatten()
-    lhs = loss_weight("min-snr", objective, a, s) * delta.square().flatten(1).sum(1)
-    rhs = torch.clamp(snr(a, s), max=5.0) * x0_err.square().flatten(1).sum(1)
-    torch.testing.assert_close(lhs, rhs, rtol=1e-9, atol=1e-15)
-
-
-@pytest.mark.parametrize("schedule_name", list(SCHEDULES))
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_velocity_weight_is_the_flow_error_for_every_target(objective, schedule_name):
-    """w_target * |output error|^2 == min(((alpha + sigma) / sigma)^2, 400) * |x0 error|^2: the squared velocity
-    error the output's x0 error implies (JiT's v-loss), capped where sigma is tiny."""
-    x0, eps, alpha, sigma = noisy_batch(Schedule.from_name(schedule_name))
-    x_t = alpha * x0 + sigma * eps
-    delta = 1e-3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
-    out = prediction_target(objective, x0, eps, alpha, sigma) + delta
-    x0_err = to_x0_eps(objective, out, x_t, alpha, sigma)[0] - x0
-    a, s = alpha.flatten(), sigma.flatten()
-    lhs = loss_weight("velocity", objective, a, s) * delta.square().flatten(1).sum(1)
-    rhs = torch.clamp(((a + s) / s) ** 2, max=400.0) * x0_err.square().flatten(1).sum(1)
+    lhs = loss_weight(weighting, objective, a, s) * delta.square().flatten(1).sum(1)
+    rhs = X0_WEIGHTS[weighting](a, s) * x0_err.square().flatten(1).sum(1)
     torch.testing.assert_close(lhs, rhs, rtol=1e-9, atol=1e-15)
 
 

@@ -113,8 +113,7 @@ def loss_weight(weighting: str, objective: str, alpha: Tensor, sigma: Tensor, ga
     if weighting not in WEIGHTINGS:
         raise UserError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     if weighting == "velocity":
-        flow_gain = ((alpha + sigma) / sigma) ** 2
-        return torch.clamp(flow_gain, max=VELOCITY_CAP) / _x0_gain(objective, alpha, sigma)
+        return torch.clamp(_x0_gain("flow", alpha, sigma), max=VELOCITY_CAP) / _x0_gain(objective, alpha, sigma)
     s = snr(alpha, sigma)
     if objective == "eps":
         return torch.clamp(gamma / s, max=1.0)  # = min(snr, gamma) / snr, finite at snr = 0 and inf
