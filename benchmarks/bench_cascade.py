@@ -7,6 +7,8 @@ DPM-Solver++ against 250-step DDPM per stage, cascade sampling speed, and the tr
 
     .venv/bin/python benchmarks/bench_cascade.py --family glide --train --record
     .venv/bin/python benchmarks/bench_cascade.py --family imagen --run runs/imagen-quick --record
+    .venv/bin/python benchmarks/bench_cascade.py --family imagen --base-arms \
+        'uniform=;velocity=base.diffusion.weighting=velocity' --arm-steps 1300 --record
 
 `--train` resumes an interrupted run (the same command again). Each figure takes 600 images of one seed
 set unless `--limit` says fewer (the sweeps use --sweep-limit, 200 by default: they compare settings, the
@@ -41,6 +43,32 @@ def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
         res = evaluate(run, progress=False, **({"stop_at": stop_at, "out_name": f"bench_{stop_at}"} if stop_at else {}))
         out.append(f"| `{run}` | {enc.get('kind', '?')} (width {enc.get('width', '?')}) | "
                    f"{meta['train_seconds'].get('base', 0) / 60:.1f} ({sum(meta['train_seconds'].values()) / 60:.1f}) | "
+                   + " | ".join(f"{v:.3f}" for v in res["kinds"].values())
+                   + f" | {res['overall']:.3f} | {res['novel']:.3f} |")
+    return out
+
+
+def base_arms(family: str, preset: str, arms: str, steps: int, limit: int, root: Path) -> list[str]:
+    """The base stage of `preset` trained `steps` steps once per arm, each arm its own `--set`s, every arm from
+    the same seed, scored at 32 px: a side-by-side probe of one base-stage choice (loss weighting, t density,
+    ...) at a budget several arms fit into. The SR stage trains 10 steps only so that the run is complete; it
+    is not scored. `arms`: 'NAME=KEY=VALUE,KEY=VALUE;NAME=...' (an empty list of sets is the preset)."""
+    from t2i.eval.runs import evaluate
+    from t2i.train.rundir import read_meta
+
+    kinds = ("single", "size", "two", "position", "counting")
+    out = [f"{family} `{preset}` base stage, {steps} steps per arm, scored at 32 px on {limit} prompts "
+           "(the SR stage is not trained: 10 steps)", "",
+           "| arm | sets | base min | " + " | ".join(kinds) + " | overall | novel |", "|---|" + "---|" * 9]
+    for spec in arms.split(";"):
+        name, _, sets = spec.partition("=")
+        extra = [f"stages.base.steps={steps}", "stages.sr.steps=10", f"stages.base.eval_every={steps}",
+                 f"stages.base.sample_every={steps}", *(x for x in sets.split(",") if x)]
+        run = root / f"{family}-arm-{name}"
+        train_or_resume(family, preset, run, [x for s in extra for x in ("--set", s)])
+        res = evaluate(run, limit=limit, progress=False, stop_at="base", out_name="bench_base")
+        minutes = read_meta(run)["train_seconds"]["base"] / 60
+        out.append(f"| {name} | `{sets or '(preset)'}` | {minutes:.1f} | "
                    + " | ".join(f"{v:.3f}" for v in res["kinds"].values())
                    + f" | {res['overall']:.3f} | {res['novel']:.3f} |")
     return out
@@ -152,6 +180,9 @@ def main() -> None:
     ap.add_argument("--batch-reps", type=int, default=3, help="with --backbones: timed steps per backbone")
     ap.add_argument("--compare", help="RUN,RUN,...: only ShapesBench of these runs side by side (e.g. the same "
                     "preset trained with three text encoders)")
+    ap.add_argument("--base-arms", help="NAME=KEY=VALUE,...;NAME=...: only train the base stage once per arm "
+                    "(--arm-steps steps, its own --sets) and score each at 32 px side by side")
+    ap.add_argument("--arm-steps", type=int, default=1300)
     ap.add_argument("--run", default=None, help="default runs/FAMILY-quick")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--set", action="append", default=[], help="extra --set for training")
@@ -172,6 +203,10 @@ def main() -> None:
         what = f", scored at the {args.stop_at} stage" if args.stop_at else ""
         record(f"Imagen's text-encoder comparison (same preset and budget{what}, 600 prompts each)",
                compare(args.compare.split(","), args.stop_at), args.record)
+        return
+    if args.base_arms:
+        record(f"{args.family} base stage, side by side", base_arms(
+            args.family, args.preset, args.base_arms, args.arm_steps, args.limit or 200, Path("runs")), args.record)
         return
     if args.backbones:
         only = args.backbone_filter.split(",") if args.backbone_filter else None

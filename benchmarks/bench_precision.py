@@ -1,5 +1,5 @@
-"""bf16 autocast against fp32, per training stage of the CPU presets: what the trainer's `precision: auto`
-should mean on this machine.
+"""bf16 autocast against fp32, per training stage of the CPU presets, over whole stages: the choice the
+trainer's `precision: auto` makes from two timed passes at the start of each stage.
 
     .venv/bin/python benchmarks/bench_precision.py --record
 

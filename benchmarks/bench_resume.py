@@ -35,7 +35,9 @@ from _common import record
 
 STEPS, CKPT = 240, 10
 SET = ["--set", f"stages.diffusion.steps={STEPS}", "--set", f"stages.diffusion.ckpt_every={CKPT}", "--set",
-       "stages.diffusion.log_every=1", "--set", "stages.diffusion.sample_every=0"]
+       "stages.diffusion.log_every=1", "--set", "stages.diffusion.sample_every=0",
+       # named, not auto: a run killed before its first checkpoint starts over and times its precision again
+       "--set", "stages.diffusion.precision=fp32"]
 
 
 def _cmd(out: Path, resume: bool) -> list[str]:

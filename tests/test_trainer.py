@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -135,13 +136,74 @@ class AutocastProbe(Toy):
         return super().forward(batch, generator)
 
 
-@pytest.mark.parametrize(("precision", "autocast"), [("auto", False), ("fp32", False), ("bf16", True)])
-def test_auto_trains_in_fp32_on_a_cpu_and_bf16_is_still_there_on_request(tmp_path, precision, autocast):
-    """On a CPU `auto` means fp32 (every CPU preset's stage trained faster so: bench_precision.py); bf16 is
-    still what `precision: bf16` asks for."""
-    from t2i.train.trainer import train_precision
+class SlowUnder(AutocastProbe):
+    """The probe, made slow under one precision (so `auto` has a known winner), with a buffer every forward
+    moves (as a VQ's EMA codebook does), so a trial pass that left a trace would show in the weights."""
 
+    def __init__(self, slow: str):
+        super().__init__()
+        self.slow = slow
+        self.register_buffer("passes", torch.zeros(()))
+
+    def forward(self, batch, generator=None):
+        if torch.is_autocast_enabled("cpu") == (self.slow == "bf16"):
+            time.sleep(0.03)
+        self.passes += 1
+        return super().forward(batch, generator)
+
+
+@pytest.mark.parametrize(("precision", "autocast"), [("fp32", False), ("bf16", True)])
+def test_a_named_precision_trains_in_it(tmp_path, precision, autocast):
     model = AutocastProbe()
     Trainer("s", model, _cfg(steps=2, precision=precision), tmp_path, {"toy": "net"}, _data(8), progress=False).fit()
-    assert model.seen and set(model.seen) == {autocast}
+    assert model.seen == [autocast, autocast]
+
+
+@pytest.mark.parametrize(("slow", "fast"), [("bf16", "fp32"), ("fp32", "bf16")])
+def test_auto_on_a_cpu_trains_in_the_faster_precision_and_the_trial_leaves_no_trace(tmp_path, slow, fast):
+    """Which precision is faster on a CPU depends on the CPU and the widths (trainer.train_precision), so
+    `auto` times both on the first batch; the run then equals one that named the winner, step for step."""
+    auto, named = SlowUnder(slow), SlowUnder(slow)
+    Trainer("s", auto, _cfg(steps=3, precision="auto"), tmp_path / "auto", {"toy": "net"}, _data(8),
+            progress=False).fit()
+    Trainer("s", named, _cfg(steps=3, precision=fast), tmp_path / "named", {"toy": "net"}, _data(8),
+            progress=False).fit()
+    assert auto.seen[-3:] == [fast == "bf16"] * 3  # the 3 training steps; the trial's 6 passes came first
+    assert len(auto.seen) == 3 + 6
+    a, b = load_file(tmp_path / "auto" / "toy.safetensors"), load_file(tmp_path / "named" / "toy.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert auto.passes.item() == named.passes.item() == 3  # the trial's passes were undone
+    assert torch.load(tmp_path / "auto" / "train_state.pt", weights_only=True)["precision"] == fast
+
+
+def test_auto_keeps_fp32_unless_bf16_wins_by_the_margin(tmp_path, monkeypatch):
+    """Near a tie timing noise would pick either precision; fp32 is kept unless bf16 is clearly faster."""
+    import t2i.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "BF16_MARGIN", 0.0)  # no speed-up is enough
+    model = SlowUnder("fp32")
+    Trainer("s", model, _cfg(steps=2, precision="auto"), tmp_path, {"toy": "net"}, _data(8), progress=False).fit()
+    assert model.seen[-2:] == [False, False]
+
+
+def test_a_resumed_auto_stage_keeps_the_precision_it_chose(tmp_path):
+    """Timing again on resume could switch precision mid-stage on a machine that is busy at that moment."""
+    def crashing(start):
+        for i, b in enumerate(batches(DataConfig(resolution=32), 8, start)):
+            if i == 4:
+                raise KeyboardInterrupt
+            yield b
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer("s", SlowUnder("bf16"), _cfg(precision="auto"), tmp_path, {"toy": "net"}, crashing,
+                progress=False).fit()
+    resumed = SlowUnder("fp32")  # bf16 would now win a new trial
+    Trainer("s", resumed, _cfg(precision="auto"), tmp_path, {"toy": "net"}, _data(8), progress=False).fit()
+    assert resumed.seen == [False] * 3  # steps 4..6, in fp32, and no trial
+
+
+def test_off_a_cpu_auto_is_left_to_autocast():
+    from t2i.train.trainer import train_precision
+
     assert train_precision("auto", torch.device("cuda")) == "auto"  # on a GPU autocast decides by the hardware

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -34,11 +35,16 @@ from t2i.train.rundir import truncate_log, widen_log
 
 
 def train_precision(precision: str, device: torch.device) -> str:
-    """What `auto` trains in: fp32 on a CPU, where every stage of the CPU presets trained 1.06-1.53x faster
-    than under bf16 autocast, because at their widths (128-256) the casts cost more than AMX's bf16 GEMMs
-    save (benchmarks/bench_precision.py, 2026-12-02); bf16 where the GPU has it. Sampling keeps bf16 on a
-    CPU: without a backward pass it pays there (`diffusion.generate.SampleConfig`)."""
+    """What a stage trains in when `auto` is not timed: bf16 where the GPU has it (autocast decides), fp32 on
+    a CPU. On a CPU `Trainer` times both instead (`Trainer.pick_precision`), because which one wins depends on
+    the CPU and on the model's widths: every CPU preset trained 1.06-1.53x faster in fp32 on one Xeon (the
+    casts cost more than its bf16 GEMMs saved; benchmarks/bench_precision.py, 2026-12-02), while a pixel DiT
+    step ran 1.7x faster under bf16 on an EPYC with AVX-512 BF16 (2026-12-02). Sampling keeps bf16 on a CPU:
+    without a backward pass it pays there (`diffusion.generate.SampleConfig`)."""
     return "fp32" if precision == "auto" and device.type == "cpu" else precision
+
+
+BF16_MARGIN = 0.9  # `auto` on a CPU trains in bf16 only when a timed pass takes under 0.9x fp32's
 
 
 @dataclass
@@ -58,7 +64,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables EMA (the saved weights are then the online ones)
-    precision: str = "auto"  # auto (bf16 on GPUs that have it, fp32 on CPUs: `train_precision`) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on GPUs that have it; on a CPU the faster of the two, timed) | bf16 | fp32
     channels_last: bool = True
     ckpt_every: int = 200
     sample_every: int = 0
@@ -147,6 +153,8 @@ class Trainer:
         self.gen = torch.Generator(self.device).manual_seed(seed * 1000 + self.rank)
         self.step, self.samples_seen, self.elapsed = 0, 0, 0.0
         self.state_path = self.dir / "train_state.pt"
+        self.precision = train_precision(cfg.precision, self.device)
+        self.timed = cfg.precision == "auto" and self.device.type == "cpu" and self.world == 1
 
     # ------------------------------------------------------------------------------------- checkpoint
     def _ema_update(self) -> None:
@@ -180,7 +188,7 @@ class Trainer:
             "stage": self.stage, "step": self.step, "samples_seen": self.samples_seen, "elapsed": self.elapsed,
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "generator": self.gen.get_state(), "world_size": self.world,
+            "generator": self.gen.get_state(), "world_size": self.world, "precision": self.precision,
         }
         tmp = self.dir / ".train_state.pt.tmp"
         torch.save(state, tmp)
@@ -202,11 +210,39 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.gen.set_state(state["generator"].cpu())  # a CPU ByteTensor for CUDA generators too
         self.step, self.samples_seen, self.elapsed = state["step"], state["samples_seen"], state["elapsed"]
+        if self.timed and state.get("precision") in ("bf16", "fp32"):  # a resumed stage keeps what it chose
+            self.precision, self.timed = state["precision"], False
         if state.get("world_size", 1) != self.world:
             print(f"note: resuming a {state.get('world_size')}-process run on {self.world}; data order changes")
         return True
 
     # ------------------------------------------------------------------------------------------- loop
+    def pick_precision(self, batch: dict[str, Any], reps: int = 2) -> dict[str, float]:
+        """`auto` on one CPU process: time `reps` forward/backward passes of `batch` under fp32 and under bf16
+        autocast (after one untimed pass each) and train in bf16 only if it is clearly faster (under
+        `BF16_MARGIN` of fp32's time): near a tie, timing noise would otherwise pick either, and two runs of
+        one config would then differ. Nothing of the trial stays: the weights and buffers (a VQ's EMA
+        codebook moves in a forward pass), the gradients and the noise generator are put back, and `batch` is
+        still the first one trained on, so the run sees the same data and noise as one that names its
+        precision. Returns the seconds per pass of each."""
+        weights = copy.deepcopy(self.model.state_dict())
+        rng = self.gen.get_state()
+        times = {}
+        for precision in ("fp32", "bf16"):
+            for i in range(reps + 1):
+                if i == 1:  # the first pass of each warms its kernels up
+                    t0 = time.perf_counter()
+                with runtime.autocast(self.device, precision):
+                    loss = self.ddp(batch, generator=self.gen)["loss"].float()
+                loss.backward()
+            times[precision] = (time.perf_counter() - t0) / reps
+        self.model.load_state_dict(weights)
+        self.opt.zero_grad(set_to_none=True)
+        self.gen.set_state(rng)
+        self.precision = "bf16" if times["bf16"] < BF16_MARGIN * times["fp32"] else "fp32"
+        self.timed = False
+        return times
+
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for k, v in batch.items():
@@ -252,8 +288,15 @@ class Trainer:
         if resumed and self.rank == 0:
             bar.write(f"{self.stage}: resumed at step {self.step}")
         last: dict[str, float] = {}
-        t_window, n_window = time.perf_counter(), 0
         self.model.train()
+        if self.timed and self.step < cfg.steps:
+            first = self._to_device(next(data))
+            times = self.pick_precision(first)
+            data = itertools.chain([first], data)
+            if self.rank == 0:
+                bar.write(f"{self.stage}: precision auto -> {self.precision} (one forward and backward pass: fp32 "
+                          f"{times['fp32']:.3f} s, bf16 {times['bf16']:.3f} s)")
+        t_window, n_window = time.perf_counter(), 0
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             for group in self.opt.param_groups:
@@ -261,7 +304,7 @@ class Trainer:
             totals: dict[str, float] = {}
             for _ in range(cfg.grad_accum):
                 batch = self._to_device(next(data))
-                with runtime.autocast(self.device, train_precision(cfg.precision, self.device)):
+                with runtime.autocast(self.device, self.precision):
                     losses = self.ddp(batch, generator=self.gen)
                 loss = losses["loss"].float()
                 if not torch.isfinite(loss):
