@@ -51,19 +51,24 @@ def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
 def base_arms(family: str, preset: str, arms: str, steps: int, limit: int, root: Path) -> list[str]:
     """The base stage of `preset` trained `steps` steps once per arm, each arm its own `--set`s, every arm from
     the same seed, scored at 32 px: a side-by-side probe of one base-stage choice (loss weighting, t density,
-    ...) at a budget several arms fit into. The SR stage trains 10 steps only so that the run is complete; it
-    is not scored. `arms`: 'NAME=KEY=VALUE,KEY=VALUE;NAME=...' (an empty list of sets is the preset)."""
+    ...) at a budget several arms fit into. The stages after the base (SR, and GLIDE's noised CLIP and
+    inpainting) train 10 steps only so that the run is complete; they are not scored. `arms`:
+    'NAME=KEY=VALUE,KEY=VALUE;NAME=...' (an empty list of sets is the preset)."""
     from t2i.eval.runs import evaluate
+    from t2i.families import get_family
     from t2i.train.rundir import read_meta
+
+    stages = get_family(family).stages
+    after = stages[stages.index("base") + 1:]  # the SR stage and GLIDE's noised CLIP and inpainting: 10 steps
 
     kinds = ("single", "size", "two", "position", "counting")
     out = [f"{family} `{preset}` base stage, {steps} steps per arm, scored at 32 px on {limit} prompts "
-           "(the SR stage is not trained: 10 steps)", "",
+           "(the stages after it are not trained: 10 steps each)", "",
            "| arm | sets | base min | " + " | ".join(kinds) + " | overall | novel |", "|---|" + "---|" * 9]
     for spec in arms.split(";"):
         name, _, sets = spec.partition("=")
-        extra = [f"stages.base.steps={steps}", "stages.sr.steps=10", f"stages.base.eval_every={steps}",
-                 f"stages.base.sample_every={steps}", *(x for x in sets.split(",") if x)]
+        extra = [f"stages.base.steps={steps}", f"stages.base.eval_every={steps}", f"stages.base.sample_every={steps}",
+                 *(f"stages.{s}.steps=10" for s in after), *(x for x in sets.split(",") if x)]
         run = root / f"{family}-arm-{name}"
         train_or_resume(family, preset, run, [x for s in extra for x in ("--set", s)])
         res = evaluate(run, limit=limit, progress=False, stop_at="base", out_name="bench_base")
