@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--aug-levels", default="0,0.1,0.2,0.3,0.5")
     ap.add_argument("--guidance", default="1,2,3,5,8")
     ap.add_argument("--thresholdings", default=None, help="default: dynamic,none for imagen, none for glide")
+    ap.add_argument("--samplers", default="dpmpp-2m,dpmpp-2m-sde",
+                    help="base samplers compared at the base stage's steps ('' skips)")
     ap.add_argument("--ddpm-steps", type=int, default=250, help="0 skips the DDPM comparison")
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--inpaint", type=int, default=200, help="inpainting scenes (runs with an inpainting variant)")
@@ -254,6 +256,9 @@ def main() -> None:
                 rows.append(row(f"base guidance {g}, thresholding {th} ({lim} prompts)",
                                 evaluate(run, limit=lim, progress=False, guidance=g, thresholding=th,
                                          out_name="bench_sweep"), kinds))
+        for name in (x for x in args.samplers.split(",") if x):
+            rows.append(row(f"base sampler {name} ({lim} prompts)",
+                            evaluate(run, limit=lim, progress=False, sampler=name, out_name="bench_sweep"), kinds))
         if args.ddpm_steps:
             ddpm = evaluate(run, limit=lim, progress=False, sampler="ddpm", steps=args.ddpm_steps, sr_sampler="ddpm",
                             sr_steps=args.ddpm_steps, out_name="bench_sweep")
