@@ -350,3 +350,22 @@ def test_dit_conv_head_starts_at_zero_and_sees_across_patch_edges():
         net(x, t)[0, :, 7, 7].sum().backward()  # a pixel at the corner of the first patch
         reach[head] = x.grad[0, :, 8:, 8:].abs().sum().item()
     assert reach[0] == 0 and reach[8] > 0
+
+
+def test_dit_head_input_passes_the_pixels_the_tokens_drop():
+    torch.manual_seed(0)
+    t = torch.full((1,), 0.5)
+    changed = {}
+    for head_input in (False, True):
+        net = DiT(DiTConfig(3, 3, input_size=16, patch=8, dim=32, depth=1, heads=2, conv_head=8,
+                            head_input=head_input))
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        x = torch.randn(1, 3, 16, 16)
+        y = x.clone()
+        y[:, :, :8, :8] = y[:, :, :8, :8].flip(-1)  # the same pixels within a patch, another arrangement
+        net.embed.weight.data.zero_()  # patch tokens then see nothing of the pixels
+        changed[head_input] = (net(x, t) - net(y, t)).abs().amax().item()
+    assert changed[False] == 0 and changed[True] > 0
+    with pytest.raises(ValueError, match="needs a conv head"):
+        DiT(DiTConfig(3, 3, input_size=16, patch=8, head_input=True))

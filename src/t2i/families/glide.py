@@ -8,9 +8,9 @@ with its own text encoder as in the paper; classifier-free guidance by 20% capti
 fine-tune).
 
 Departures, measured on this 2-core CPU (benchmarks/RESULTS.md, "pixel backbones"): the backbone is a
-pixel DiT on 4x4 patches, not ADM's UNet, because an ADM UNet at 32 px trains 5-10x slower per image here
-(64 channels: 7-9 s per batch of 128 against 0.9-1.4 s); `backbone: unet` builds the ADM-style UNet with
-the same text attention. The upsampler is the same DiT on 16x16 patches of its 64 px input. Rectified flow
+pixel DiT on 8x8 patches with a conv head (docs/cascade.md), not ADM's UNet, because an ADM UNet at 32 px
+trains about 20-30x slower per image here (64 channels: 7.5-11.6 s per batch of 128 against 0.40 s);
+`backbone: unet` builds the ADM-style UNet with the same text attention. The upsampler is the same DiT on 16x16 patches of its 64 px input. Rectified flow
 and DPM-Solver++ sampling, as in the project's LDM.
 
 Inpainting (the paper's fine-tuned variant, `t2i.diffusion.inpaint`): the base model with 4 more input

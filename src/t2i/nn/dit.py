@@ -40,6 +40,12 @@ class DiTConfig:
     # makes the output (U-ViT's final conv): pixels near a patch edge then see the neighbouring patch, which a
     # per-patch linear output cannot, and large pixel patches stop showing as tiles. 0: the linear output alone.
     conv_head: int = 0
+    # With a conv head: it also reads the denoiser's own input (x_t, and an SR stage's upsampled low-res image)
+    # at full resolution, next to the unpatchified tokens (the pixel decoders of DeCo and PixNerd): detail
+    # that x_t still carries at low noise, or that the low-res image gives, need not pass through a patch token.
+    # Off in every preset: on GLIDE's 32 px base (x0 targets) it passed x_t's noise through as speckle inside
+    # the objects and scored 0.018 against 0.138 at 2,000 steps (benchmarks/RESULTS.md, 2026-12-03).
+    head_input: bool = False
     aug_embed: bool = False  # a second time embedding for a low-res input's noise level (super-resolution)
 
 
@@ -104,7 +110,10 @@ class DiT(nn.Module):
         self.ada_out = nn.Linear(d, 2 * d)
         head = cfg.conv_head
         self.out = nn.Linear(d, (head or cfg.out_channels) * p * p)
-        self.head = (nn.Sequential(nn.Conv2d(head, head, 3, padding=1), nn.SiLU(),
+        if cfg.head_input and not head:
+            raise ValueError("dit.head_input needs a conv head: set dit.conv_head > 0")
+        head_in = head + (cfg.in_channels if cfg.head_input else 0)
+        self.head = (nn.Sequential(nn.Conv2d(head_in, head, 3, padding=1), nn.SiLU(),
                                    nn.Conv2d(head, cfg.out_channels, 3, padding=1)) if head else None)
         zero = [self.ada_out, self.head[-1]] if self.head is not None else [self.ada_out, self.out]
         for m in zero:  # a fresh DiT outputs exactly zero, like the UNet
@@ -129,4 +138,6 @@ class DiT(nn.Module):
         shift, scale = self.ada_out(emb)[:, None].chunk(2, dim=-1)
         out = self.out(self.norm_out(hdn) * (1 + scale) + shift)
         out = out.reshape(b, g, g, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, h, w)
-        return out if self.head is None else self.head(out)
+        if self.head is None:
+            return out
+        return self.head(torch.cat([out, x.to(out.dtype)], dim=1) if self.cfg.head_input else out)
