@@ -369,3 +369,13 @@ def test_dit_head_input_passes_the_pixels_the_tokens_drop():
     assert changed[False] == 0 and changed[True] > 0
     with pytest.raises(ValueError, match="needs a conv head"):
         DiT(DiTConfig(3, 3, input_size=16, patch=8, head_input=True))
+
+
+def test_head_input_without_a_conv_head_fails_before_the_run_is_written(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "t2i.cli", "train", "--family", "glide", "--preset", "tiny", "--out",
+                           str(out), "--set", "base.dit.head_input=true", "--set", "base.dit.conv_head=0"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "base.dit.head_input needs a conv head" in proc.stderr
+    assert not out.exists()

@@ -10,8 +10,8 @@ fine-tune).
 Departures, measured on this 2-core CPU (benchmarks/RESULTS.md, "pixel backbones"): the backbone is a
 pixel DiT on 8x8 patches with a conv head (docs/cascade.md), not ADM's UNet, because an ADM UNet at 32 px
 trains about 20-30x slower per image here (64 channels: 7.5-11.6 s per batch of 128 against 0.40 s);
-`backbone: unet` builds the ADM-style UNet with the same text attention. The upsampler is the same DiT on 16x16 patches of its 64 px input. Rectified flow
-and DPM-Solver++ sampling, as in the project's LDM.
+`backbone: unet` builds the ADM-style UNet with the same text attention. The upsampler is the same DiT on
+16x16 patches of its 64 px input. Rectified flow and DPM-Solver++ sampling, as in the project's LDM.
 
 Inpainting (the paper's fine-tuned variant, `t2i.diffusion.inpaint`): the base model with 4 more input
 channels (masked image, mask), started from the base weights with those channels at zero, trained with

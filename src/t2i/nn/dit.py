@@ -48,6 +48,12 @@ class DiTConfig:
     head_input: bool = False
     aug_embed: bool = False  # a second time embedding for a low-res input's noise level (super-resolution)
 
+    def validate(self, where: str) -> None:
+        from t2i.config import require
+
+        require(self.conv_head > 0 or not self.head_input, where, "head_input",
+                "needs a conv head: set conv_head > 0 too", self.head_input)
+
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
     """(grid*grid, dim) table, row-major: half the channels encode the row, half the column (MAE/DiT layout).
