@@ -141,6 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/unclip-quick")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--set", action="append", default=[], help="extra --set for training (KEY=VALUE)")
     ap.add_argument("--train", action="store_true", help="train (or resume) the preset into --run first")
     ap.add_argument("--ablation", default=None, help="a run trained with decoder.condition=text (the no-prior "
                     "decoder); default RUN-textcond when it exists")
@@ -158,7 +159,8 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     if args.train:
-        print(f"training wall-clock this invocation: {train_or_resume('unclip', args.preset, run):.1f} min")
+        minutes = train_or_resume("unclip", args.preset, run, [x for s in args.set for x in ("--set", s)])
+        print(f"training wall-clock this invocation: {minutes:.1f} min")
     ablation = Path(args.ablation or f"{run}-textcond")
     if args.train_ablation:
         minutes = train_or_resume("unclip", args.preset, ablation, ["--set", "decoder.condition=text"])

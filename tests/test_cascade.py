@@ -379,3 +379,35 @@ def test_head_input_without_a_conv_head_fails_before_the_run_is_written(tmp_path
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "base.dit.head_input needs a conv head" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("side", ["bpe", "states"])
+def test_padding_no_caption_uses_is_trimmed_without_changing_the_output(side, monkeypatch):
+    import t2i.families.diffusion as diffusion
+    from t2i.nn.transformer import TextEncoder, TextEncoderConfig
+    from t2i.text.pretrained import TextAdapter
+
+    torch.manual_seed(0)
+    if side == "bpe":
+        text_module: torch.nn.Module = TextEncoder(TextEncoderConfig(vocab_size=50, max_len=12, dim=16, depth=1, heads=2))
+        text = {"ids": torch.randint(1, 50, (3, 12))}
+    else:
+        text_module, text = TextAdapter(16, heads=2), {"states": torch.randn(3, 12, 16)}
+    net = diffusion.TextDenoiser(text_module, DiT(DiTConfig(3, 3, input_size=8, patch=4, dim=32, depth=2, heads=2,
+                                                            context_dim=16, pooled_dim=16, text_attention="concat")))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, :5], mask[1, :2] = True, True  # the longest caption uses 5 of 12; the third is the empty caption
+    x, t = torch.randn(3, 3, 8, 8), torch.full((3,), 0.4)
+    seen = []
+    monkeypatch.setattr(diffusion, "trim_padding", lambda m, tx: (seen.append(m.shape[1]), (m, tx))[1])
+    padded = net(x, t, mask=mask, **text)
+    monkeypatch.undo()
+    lengths = []
+    real = net.text_encoder.forward
+    monkeypatch.setattr(net.text_encoder, "forward", lambda mask, **kw: (lengths.append(mask.shape[1]), real(mask=mask, **kw))[1])
+    trimmed = net(x, t, mask=mask, **text)
+    assert seen == [12] and lengths == [5]  # the encoder saw 5 columns, not 12
+    assert torch.allclose(trimmed, padded, atol=1e-5)
+    assert not torch.allclose(trimmed, net(x, t, mask=torch.ones_like(mask), **text), atol=1e-3)  # the mask matters
