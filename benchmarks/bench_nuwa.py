@@ -6,7 +6,9 @@
 * `--ablation attention`: nearby against full and axial attention, each a transformer trained for the same
   steps on the quick run's tokenizer and VQ (`--image-tokenizer`): quality and training samples/s;
 * `--ablation tasks`: the multi-task mix against single-task runs of the same steps;
-* the training curve (eval.csv).
+* the training curve (eval.csv);
+* `--sweep top_k=1,temperature=0.7`: sampling settings compared on the same weights, every task (repeatable;
+  `--n` requests per task).
 
     .venv/bin/python benchmarks/bench_nuwa.py --train --record
     .venv/bin/python benchmarks/bench_nuwa.py --ablation attention --ablation tasks --record
@@ -227,6 +229,65 @@ def sketch_vq(run: Path, steps: int) -> list[str]:
     return rows
 
 
+def parse_setting(text: str) -> dict[str, float | int]:
+    """'top_k=1,temperature=0.7' -> {'top_k': 1, 'temperature': 0.7}; an empty text is the preset's settings."""
+    out: dict[str, float | int] = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if not value:
+            raise SystemExit(f"--sweep {text!r}: write KEY=VALUE pairs joined by commas, e.g. top_k=1,temperature=0.7")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+    return out
+
+
+def clip_ceiling(pipe, n: int = 60) -> float:
+    """VideoBench text-to-video of exact clips after the run's VQ (encode, decode): what the codes can hold."""
+    import torch
+
+    from t2i.data.video import render_video_prompt
+    from t2i.eval.videobench import score_clip, video_prompts
+    from t2i.images import Clip, images_to_tensor, tensor_to_images
+
+    prompts = video_prompts()
+    prompts = prompts[::max(len(prompts) // n, 1)][:n]
+    ok = 0
+    for i, prompt in enumerate(prompts):
+        clip = render_video_prompt(prompt, seed=i)[0]
+        with torch.no_grad():
+            codes = pipe.vq.encode(images_to_tensor(list(clip.frames)).to(pipe.device))
+            frames = tensor_to_images(pipe.vq.decode(codes.flatten(1)))
+        ok += score_clip(Clip(tuple(frames)), prompt)[0]
+    return ok / len(prompts)
+
+
+def sweep(run: Path, settings: list[str], n: int | None) -> list[str]:
+    """Every task under each sampling setting, on the same weights and seeds, each into RUN/eval/sweep-<i>*."""
+    import t2i
+    from t2i.eval.runs import evaluate as shapesbench
+    from t2i.eval.runs import evaluate_suites
+
+    pipe = t2i.load(str(run))
+    preset = pipe.cfg.sample
+    rows = [f"Sampling settings on the same weights ({run}; {n or 'all'} requests per task, one candidate; the "
+            f"preset's: guidance {preset.guidance}, top-k {preset.top_k}, top-p {preset.top_p}, temperature "
+            f"{preset.temperature}):", "",
+            "| setting | t2i | t2v | predict | sketch | complete | seconds |", "|---|---|---|---|---|---|---|"]
+    for i, text in enumerate(settings):
+        given = {"candidates": 1, **parse_setting(text)}
+        t0 = time.perf_counter()
+        sb = shapesbench(run, limit=n, progress=False, out_name=f"sweep-{i}-shapesbench", pipe=pipe, **given)
+        vb = evaluate_suites(run, pipe, pipe.options(**given), limit=n, progress=False,
+                             out_name=f"sweep-{i}-videobench")["tasks"]
+        rows.append(f"| {text or 'the preset'} | {fmt(sb['overall'])} | {fmt(vb['t2v']['overall'])} | "
+                    + " | ".join(fmt(vb[t]['overall']) if t in vb else "-"
+                                                                for t in ("predict", "sketch", "complete"))
+                    + f" | {time.perf_counter() - t0:.0f} |")
+        print(rows[-1], flush=True)
+    rows += ["", f"- the run's VQ, exact clips encoded and decoded: text-to-video {fmt(clip_ceiling(pipe))} "
+             "(60 prompts): the codes hold the clips; what fails is the transformer's codes"]
+    return rows
+
+
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -249,6 +310,8 @@ def main() -> None:
                    "invocation left in each arm's eval/ instead of generating again")
     p.add_argument("--rescore", action="store_true", help="judge the outputs the main evaluation left in RUN/eval/ "
                    "again with today's scorer, without generating (speeds are not re-timed)")
+    p.add_argument("--sweep", action="append", default=[], metavar="K=V,...", help="compare sampling settings on "
+                   "the same weights, every task ('' is the preset's); repeatable; implies --skip-main")
     p.add_argument("--label", default="nuwa quick")
     p.add_argument("--record", action="store_true")
     args = p.parse_args()
@@ -262,7 +325,7 @@ def main() -> None:
         print(f"trained in {minutes:.1f} min (this invocation)")
     meta = json.loads((run / "run.json").read_text())
     total = sum(meta["train_seconds"].values()) / 60
-    if not args.skip_main:
+    if not args.skip_main and not args.sweep:
         rows += ["Scorer and data:", "", *validity(), ""]
         res = evaluate(run, args.n, rescore=args.rescore)
         rows += ["| task | score | novel | by kind |", "|---|---|---|---|"]
@@ -314,9 +377,11 @@ def main() -> None:
             rows.append(f"| {name} | " + " | ".join(fmt(res.get(t)) for t in ("t2v", "predict", "t2i", "sketch",
                                                                              "complete"))
                         + f" | {loss['t2v']:.3f}, {loss['predict']:.3f}, {loss['t2i']:.3f} | {samples_per_s(arm):.1f} |")
+    if args.sweep:
+        rows += ["", *sweep(run, args.sweep, args.n)]
     if args.sketch_vq:
         rows += ["", "Sketch tokens, 200 VideoBench sketch requests through each VQ:", "", *sketch_vq(run, args.sketch_vq)]
-    title = ("the sketch tokenizer" if args.skip_main and not args.ablation else "the attention and task ablations"
+    title = ("sampling settings" if args.sweep else "the sketch tokenizer" if args.skip_main and not args.ablation else "the attention and task ablations"
              if args.skip_main else "VideoBench and ShapesBench on every task")
     record(f"NUWA {args.preset}: {title}", rows, args.record, current)
 

@@ -100,9 +100,10 @@ def evaluate(run: str | Path, seed: int = 0, limit: int | None = None, batch_siz
 
 
 def evaluate_suites(run: str | Path, pipe: Any, options: Any, limit: int | None = None, seed: int = 0,
-                    batch_size: int = 64, progress: bool = True) -> dict[str, Any] | None:
+                    batch_size: int = 64, progress: bool = True,
+                    out_name: str = "videobench") -> dict[str, Any] | None:
     """The run's other benchmarks (`pipe.suites()`: VideoBench's text-to-video and conditional tasks) into
-    RUN/eval/videobench/, one folder scored by `t2i bench score`; None when the pipeline has none.
+    RUN/eval/<out_name>/, one folder scored by `t2i bench score`; None when the pipeline has none.
     `limit` caps the requests per task (default: 240 clip prompts, 200 requests per task)."""
     from t2i.eval import videobench as vb
     from t2i.families.base import Input
@@ -128,11 +129,11 @@ def evaluate_suites(run: str | Path, pipe: Any, options: Any, limit: int | None 
     media = generate_batched(pipe, prompts, seeds, batch_size, progress, "eval: VideoBench", options=options,
                              inputs=inputs)
     seconds = time.perf_counter() - t0
-    out = Path(run) / "eval" / "videobench"
+    out = Path(run) / "eval" / out_name
     write_images(out, zip(media, prompts, seeds, strict=True), extras)
     result = vb.score_dir(out, progress=progress)
     result["sampling"] = {"items": len(media), "seconds": round(seconds, 2)}
-    (Path(run) / "eval" / "videobench.json").write_text(json.dumps(result, indent=1))
+    (Path(run) / "eval" / f"{out_name}.json").write_text(json.dumps(result, indent=1))
     if progress:
         print(vb.format_video_table(result))
     return result
