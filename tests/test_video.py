@@ -195,3 +195,18 @@ def test_score_dir_judges_each_row_by_its_task_and_needs_truth(tmp_path, cli):
     (tmp_path / "out" / "index.jsonl").write_text(rows[2].replace('"truth"', '"truht"') + "\n")
     r = cli("bench", "score", tmp_path / "out", "-q")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs its source's `truth`" in r.stderr
+
+
+def test_a_partial_evaluation_reaches_every_group_of_prompts_novel_included():
+    from t2i.eval.shapesbench import benchmark_prompts, spread, spread_prompts
+
+    prompts = vb.video_prompts()
+    novel = set(prompts[-2 * vb.NOVEL_PER_KIND:])
+    for n in (24, 48, 100, 150):
+        picked = spread(prompts, n)
+        assert len(picked) == n and novel & set(picked), n
+    assert spread(prompts, None) == prompts and spread(prompts, 1000) == prompts
+    # where the old stride already covered the list, the selection is the same prompts as before
+    images = benchmark_prompts()
+    assert spread_prompts(100) == images[::6] and spread_prompts(200) == images[::3]
+    assert spread(prompts, 24) == prompts[::10]

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from t2i.errors import OptionError
-from t2i.eval.shapesbench import format_table, score_dir, spread_prompts, write_images
+from t2i.eval.shapesbench import format_table, score_dir, spread, spread_prompts, write_images
 from t2i.families.base import check_seeds
 
 
@@ -115,7 +115,7 @@ def evaluate_suites(run: str | Path, pipe: Any, options: Any, limit: int | None 
     for task, at in suites.items():
         if task == "t2v":
             ps = vb.video_prompts()
-            ps = ps if limit is None else ps[::max(len(ps) // limit, 1)][:limit]
+            ps = spread(ps, limit)
             prompts += ps
             inputs += [None] * len(ps)
             extras += [{}] * len(ps)

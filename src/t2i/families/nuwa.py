@@ -439,12 +439,11 @@ def quick_video_score(pipe: Any, tasks: list[str], n: int = 24, seed: int = 0, f
     """The training-time probe: each trained task on `n` requests at the run's clip length and side, in
     memory (text-to-image on ShapesBench's spread of 2n prompts)."""
     import t2i.eval.videobench as vb
-    from t2i.eval.shapesbench import quick_score
+    from t2i.eval.shapesbench import quick_score, spread
 
     out: dict[str, float] = {}
     if "t2v" in tasks:
-        prompts = vb.video_prompts()
-        prompts = prompts[::max(len(prompts) // n, 1)][:n]
+        prompts = spread(vb.video_prompts(), n)
         clips = pipe(prompts, seed=seed, candidates=1)
         out["t2v"] = sum(vb.score_clip(c, p)[0] for c, p in zip(clips, prompts, strict=True)) / len(prompts)
     if "t2i" in tasks:
