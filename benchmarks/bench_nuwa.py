@@ -234,9 +234,11 @@ def parse_setting(text: str) -> dict[str, float | int]:
     out: dict[str, float | int] = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        if not value:
-            raise SystemExit(f"--sweep {text!r}: write KEY=VALUE pairs joined by commas, e.g. top_k=1,temperature=0.7")
-        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        try:
+            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise SystemExit(f"--sweep {text!r}: write KEY=VALUE pairs of numbers joined by commas, e.g. "
+                             "top_k=1,temperature=0.7") from None
     return out
 
 
@@ -245,11 +247,11 @@ def clip_ceiling(pipe, n: int = 60) -> float:
     import torch
 
     from t2i.data.video import render_video_prompt
+    from t2i.eval.shapesbench import spread
     from t2i.eval.videobench import score_clip, video_prompts
     from t2i.images import Clip, images_to_tensor, tensor_to_images
 
-    prompts = video_prompts()
-    prompts = prompts[::max(len(prompts) // n, 1)][:n]
+    prompts = spread(video_prompts(), n)
     ok = 0
     for i, prompt in enumerate(prompts):
         clip = render_video_prompt(prompt, seed=i)[0]
@@ -283,8 +285,9 @@ def sweep(run: Path, settings: list[str], n: int | None) -> list[str]:
                                                                 for t in ("predict", "sketch", "complete"))
                     + f" | {time.perf_counter() - t0:.0f} |")
         print(rows[-1], flush=True)
-    rows += ["", f"- the run's VQ, exact clips encoded and decoded: text-to-video {fmt(clip_ceiling(pipe))} "
-             "(60 prompts): the codes hold the clips; what fails is the transformer's codes"]
+    ceiling_n = 60
+    rows += ["", f"- the run's VQ, exact clips encoded and decoded: text-to-video {fmt(clip_ceiling(pipe, ceiling_n))} "
+             f"({ceiling_n} prompts): the codes hold the clips; what fails is the transformer's codes"]
     return rows
 
 
@@ -381,8 +384,12 @@ def main() -> None:
         rows += ["", *sweep(run, args.sweep, args.n)]
     if args.sketch_vq:
         rows += ["", "Sketch tokens, 200 VideoBench sketch requests through each VQ:", "", *sketch_vq(run, args.sketch_vq)]
-    title = ("sampling settings" if args.sweep else "the sketch tokenizer" if args.skip_main and not args.ablation else "the attention and task ablations"
-             if args.skip_main else "VideoBench and ShapesBench on every task")
+    if args.sweep:
+        title = "sampling settings"
+    elif not args.skip_main:
+        title = "VideoBench and ShapesBench on every task"
+    else:
+        title = "the attention and task ablations" if args.ablation else "the sketch tokenizer"
     record(f"NUWA {args.preset}: {title}", rows, args.record, current)
 
 

@@ -502,7 +502,7 @@ def spread(items: list[Any], n: int | None) -> list[Any]:
     stride cut to n did not: 100 of VideoBench's 240 took every second prompt up to the 200th, no novel one.)"""
     if n is None or n >= len(items):
         return list(items)
-    return [items[i * len(items) // n] for i in range(max(n, 1))]
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 def spread_prompts(n: int | None = None) -> list[str]:
