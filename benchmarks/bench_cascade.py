@@ -31,17 +31,31 @@ def row(label: str, res: dict, kinds: list[str]) -> str:
             + f" | {res['overall']:.3f} | {res['novel']:.3f} | {s['images_per_s']:.1f} |")
 
 
+def preset_changes(run: str | Path) -> str:
+    """The run's settings that differ from its preset's, as `--set`s: what an arm changed."""
+    from t2i.api import make_config
+    from t2i.config import flat
+    from t2i.families import read_config
+    from t2i.train.rundir import read_meta
+
+    meta = read_meta(run)
+    preset = flat(make_config(meta["family"], meta["preset"]))
+    ran = flat(read_config(run)[1])
+    return ", ".join(f"{k}={v}" for k, v in ran.items() if preset.get(k) != v) or "(the preset)"
+
+
 def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
     from t2i.eval.runs import evaluate
     from t2i.train.rundir import read_meta
 
-    out = ["| run | text encoder | base stage min (all stages) | " + " | ".join(("single", "size", "two", "position", "counting"))
-           + " | overall | novel |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| run | settings against its preset | text encoder | base stage min (all stages) | "
+           + " | ".join(("single", "size", "two", "position", "counting")) + " | overall | novel |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         meta = read_meta(run)
         enc = meta.get("text_encoder", {})
         res = evaluate(run, progress=False, **({"stop_at": stop_at, "out_name": f"bench_{stop_at}"} if stop_at else {}))
-        out.append(f"| `{run}` | {enc.get('kind', '?')} (width {enc.get('width', '?')}) | "
+        out.append(f"| `{run}` | `{preset_changes(run)}` | {enc.get('kind', '?')} (width {enc.get('width', '?')}) | "
                    f"{meta['train_seconds'].get('base', 0) / 60:.1f} ({sum(meta['train_seconds'].values()) / 60:.1f}) | "
                    + " | ".join(f"{v:.3f}" for v in res["kinds"].values())
                    + f" | {res['overall']:.3f} | {res['novel']:.3f} |")
@@ -179,6 +193,8 @@ def inpaint_bench(run: Path, n: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=["glide", "imagen"], default="glide")
+    ap.add_argument("--title", default="Imagen's text-encoder comparison (same preset and budget)",
+                    help="with --compare: the recorded block's title")
     ap.add_argument("--stop-at", default=None, help="with --compare: score this stage's images (base)")
     ap.add_argument("--backbones", action="store_true", help="only time the candidate pixel backbones")
     ap.add_argument("--backbone-filter", help="with --backbones: comma list of name parts, e.g. 'DiT 256x4'")
@@ -208,7 +224,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.compare:
         what = f", scored at the {args.stop_at} stage" if args.stop_at else ""
-        record(f"Imagen's text-encoder comparison (same preset and budget{what}, 600 prompts each)",
+        record(f"{args.title}{what}, 600 prompts each",
                compare(args.compare.split(","), args.stop_at), args.record)
         return
     if args.base_arms:

@@ -274,6 +274,13 @@ def sweep(run: Path, settings: list[str], n: int | None) -> list[str]:
             f"preset's: guidance {preset.guidance}, top-k {preset.top_k}, top-p {preset.top_p}, temperature "
             f"{preset.temperature}):", "",
             "| setting | t2i | t2v | predict | sketch | complete | seconds |", "|---|---|---|---|---|---|---|"]
+    from t2i.errors import UserError
+
+    for text in settings:  # every setting checked before the first one runs, so a typo costs no sampling
+        try:
+            pipe.options(candidates=1, **parse_setting(text))
+        except UserError as e:
+            raise SystemExit(f"--sweep {text!r}: {e}") from None
     for i, text in enumerate(settings):
         given = {"candidates": 1, **parse_setting(text)}
         t0 = time.perf_counter()

@@ -32,6 +32,15 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flat(cfg: Any) -> dict[str, Any]:
+    """A config as {'stages.base.steps': 6000, ...}: the dotted keys `--set` takes, for comparing two configs."""
+    def walk(data: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            return {prefix[:-1]: data}
+        return {k: v for key, value in data.items() for k, v in walk(value, f"{prefix}{key}.").items()}
+    return walk(to_dict(cfg), "")
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):

@@ -21,19 +21,10 @@ from typing import Any
 
 import torch
 
-from t2i.config import to_dict
+from t2i.config import flat
 from t2i.errors import UserError
 
 SCHEDULE_KEYS = ("steps", "ckpt_every", "sample_every", "eval_every", "log_every", "tensorboard")
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
 
 
 def checkpoint_position(run: Path) -> tuple[str | None, int]:
@@ -51,7 +42,7 @@ def checkpoint_position(run: Path) -> tuple[str | None, int]:
 def plan_resume(run: Path, old: Any, new: Any, meta: dict[str, Any]) -> tuple[dict[str, list], list[str]]:
     """The config changes a resume makes, as {key: [old, new]}, and the finished stages it reopens; a
     `UserError` naming the first key it may not change."""
-    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    a, b = flat(old), flat(new)
     changes = {k: [a.get(k), b.get(k)] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
     order = [f.name for f in fields(old.stages)]
     done = set(meta.get("stages_done", []))
