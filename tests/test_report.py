@@ -39,6 +39,7 @@ def test_report_with_every_metric(runs, tmp_path, capsys):
     assert (ldm / "eval" / "report" / "kinds.png").is_file()
     md = (ldm / "eval" / "report.md").read_text()
     assert "clip_score_100" in md and "report/kinds.png" in md and "## Per kind" in md
+    assert "report/curves.png" in md and (ldm / "eval" / "report" / "curves.png").is_file()
     assert (ldm / "eval" / "shapesbench.json").is_file()  # the plain ShapesBench result is still written
     # A second evaluation reuses the cached reference features.
     assert main(["eval", str(ldm), "--n", "12", "--steps", "2", "--clip", str(clip), "--metrics", "fid", "-q"]) == 0
@@ -113,3 +114,39 @@ def test_sampling_phrase_names_token_filters_only_when_on():
     assert describe_sampling(token) == "autoregressive, 64 steps, guidance 1.5, top-k 8"
     token.update(top_k=None, top_p=0.9, temperature=0.7)
     assert describe_sampling(token) == "autoregressive, 64 steps, guidance 1.5, top-p 0.9, temperature 0.7"
+
+
+def test_curves_read_every_stage_and_the_probes(runs, tmp_path, capsys):
+    import csv
+
+    from PIL import Image
+
+    from t2i.eval.report import _smooth, training_curves
+
+    ldm, clip = runs
+    logged = list(csv.DictReader((ldm / "log.csv").open()))
+    loss, probes = training_curves([ldm])
+    assert [label for label, _, _ in loss] == list(dict.fromkeys(r["stage"] for r in logged))
+    ae = [r for r in logged if r["stage"] == loss[0][0]]
+    assert loss[0][1] == [float(r["step"]) for r in ae]
+    assert loss[0][2] == pytest.approx(_smooth([float(r["loss"]) for r in ae], 10))
+    assert probes == []  # this run logged no probe (eval_every=0)
+    # A probe logged during training is plotted against minutes; several runs are told apart by name.
+    other = tmp_path / "arm"
+    shutil.copytree(ldm, other)
+    (other / "eval.csv").write_text("stage,step,train_minutes,shapesbench,novel\ndiffusion,4,0.5,0.25,0.1\n"
+                                    "diffusion,8,1.0,0.5,0.2\n")
+    loss2, probes2 = training_curves([ldm, other])
+    assert {label.split()[0] for label, _, _ in loss2} == {"ldm", "arm"}
+    assert probes2 == [("arm diffusion", [0.5, 1.0], [0.25, 0.5])]
+    assert main(["curves", str(ldm), str(other), "--out", str(tmp_path / "c.png")]) == 0
+    assert Image.open(tmp_path / "c.png").size[0] > 1000  # two panels
+    assert main(["curves", str(tmp_path / "nothing"), "--out", str(tmp_path / "d.png")]) == 2
+    assert "has no log.csv" in capsys.readouterr().err and not (tmp_path / "d.png").exists()
+
+
+def test_smooth_is_a_trailing_mean():
+    from t2i.eval.report import _smooth
+
+    assert _smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert _smooth([2.0], 10) == [2.0]

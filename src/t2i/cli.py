@@ -323,6 +323,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     compare(args.runs, args.out)
 
 
+def cmd_curves(args: argparse.Namespace) -> None:
+    from t2i.eval.report import curves
+
+    print(f"wrote {curves(args.runs, args.out, smooth=args.smooth)}")
+
+
 # ------------------------------------------------------------------------------------------------- demo
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
@@ -519,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run directories, each evaluated with `t2i eval`")
     c.add_argument("--out", default="compare", help="folder for compare.md, compare.json, compare.png")
     c.set_defaults(func=cmd_compare)
+
+    cv = sub.add_parser("curves", help="a plot of training: each stage's loss, and the probe score against minutes")
+    cv.add_argument("runs", nargs="+", help="run folders (several overlay, to read arms side by side)")
+    cv.add_argument("--out", default="curves.png", help="the PNG to write")
+    cv.add_argument("--smooth", type=int, default=10, help="mean over this many logged points (default 10)")
+    cv.set_defaults(func=cmd_curves)
 
     s = sub.add_parser("serve", help="a web page and REST API over trained runs (http://127.0.0.1:7860/)")
     s.add_argument("runs", nargs="+", metavar="RUN", help="run folders to serve (generators, and CLIP runs to "

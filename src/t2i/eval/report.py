@@ -153,6 +153,9 @@ def report(run: str | Path, metrics: list[str] | None = None, clip: str | Path |
         v["n"] = kinds.count(k)
     out["kinds"] = per_kind
     out["files"] = _figures(run / "eval" / "report", images, prompts, kinds, per_kind)
+    if (run / "log.csv").is_file():
+        curves([run], run / "eval" / "report" / "curves.png")
+        out["files"]["curves"] = "report/curves.png"
     (run / "eval" / "report.json").write_text(json.dumps(out, indent=1))
     (run / "eval" / "report.md").write_text(format_markdown(out))
     if progress:
@@ -252,6 +255,8 @@ def format_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {k} | {v['n']} | " + " | ".join(_fmt(v.get(c)) for c in cols) + " |")
     if "kinds" in r.get("files", {}):
         lines += ["", "![per-kind scores](report/kinds.png)"]
+    if "curves" in r.get("files", {}):
+        lines += ["", "## Training", "", f"![loss and probe score during training]({r['files']['curves']})"]
     lines += ["", "## Samples", ""]
     for k in r["kinds"]:
         if f"grid_{k}" in r.get("files", {}):
@@ -324,3 +329,112 @@ def compare(runs: list[str | Path], out: str | Path) -> list[dict[str, Any]]:
     print(text)
     print(f"wrote {out / 'compare.md'}, compare.json and compare.png")
     return rows
+
+
+# -------------------------------------------------------------------------------------------- curves
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _smooth(values: list[float], n: int) -> list[float]:
+    """A trailing mean over up to n logged points: a step's loss is one batch's, too noisy to read alone."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - n] if i >= n else 0.0)
+        out.append(total / min(i + 1, n))
+    return out
+
+
+Line = tuple[str, list[float], list[float]]
+
+
+def training_curves(runs: list[str | Path], smooth: int = 10) -> tuple[list[Line], list[Line]]:
+    """(loss lines, probe lines), each (label, xs, ys): every stage's loss against its steps from log.csv,
+    smoothed over `smooth` logged points, and the probe benchmark against training minutes from eval.csv
+    (ShapesBench's overall where logged, else every task's column, as NUWA logs them)."""
+    from t2i.train.rundir import read_meta
+
+    if not runs:
+        raise UserError("give at least one run folder")
+    loss_lines: list[Line] = []
+    probe_lines: list[Line] = []
+    for r in runs:
+        run = Path(r)
+        log = run / "log.csv"
+        if not log.is_file():
+            raise UserError(f"{run} has no log.csv: give a run folder that has trained at least one step")
+        read_meta(run)  # a one-line error for a folder that is not a run
+        name = run.name if len(runs) > 1 else ""
+        stages: dict[str, list[tuple[float, float]]] = {}
+        for row in _read_csv(log):
+            step, loss = _number(row.get("step")), _number(row.get("loss"))
+            if step is not None and loss is not None:
+                stages.setdefault(row["stage"], []).append((step, loss))
+        for stage, points in stages.items():
+            loss_lines.append((f"{name} {stage}".strip(), [p[0] for p in points],
+                               _smooth([p[1] for p in points], smooth)))
+        probes = run / "eval.csv"
+        for stage, rows in _group(_read_csv(probes) if probes.is_file() else []).items():
+            metrics = [k for k in rows[0] if k not in ("stage", "step", "train_minutes")]
+            for m in ["shapesbench"] if "shapesbench" in metrics else metrics:
+                pts = [(_number(x["train_minutes"]), _number(x.get(m))) for x in rows]
+                pts = [(a, b) for a, b in pts if a is not None and b is not None]
+                if pts:
+                    label = " ".join(p for p in (name, stage, "" if m == "shapesbench" else m) if p)
+                    probe_lines.append((label, [a for a, _ in pts], [b for _, b in pts]))
+    return loss_lines, probe_lines
+
+
+def curves(runs: list[str | Path], out: str | Path, smooth: int = 10) -> Path:
+    """One PNG of how runs trained (`training_curves`): loss on the left, the probe score on the right.
+
+    Several runs overlay, so arms of one choice read side by side; where the probe stops rising is what a
+    longer run would not buy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss_lines, probe_lines = training_curves(runs, smooth)
+    panels = 2 if probe_lines else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4), squeeze=False)
+    ax = axes[0][0]
+    for label, xs, ys in loss_lines:
+        ax.plot(xs, ys, label=label, lw=1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("step (of each stage)")
+    ax.set_ylabel(f"training loss (mean of {smooth} logged points, log)")
+    ax.set_title("loss")
+    ax.legend(fontsize=7)
+    if probe_lines:
+        ax = axes[0][1]
+        for label, xs, ys in probe_lines:
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("training minutes (of each stage)")
+        ax.set_ylabel("probe score (higher is better)")
+        ax.set_title("probe benchmark during training (eval.csv)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _group(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(row["stage"], []).append(row)
+    return groups
