@@ -173,6 +173,31 @@ def test_ids_are_looked_up_never_joined_into_paths(client):
     assert client.delete("/api/v1/runs").status_code == 405
 
 
+def test_training_curves_of_a_run_are_drawn_and_redrawn_when_its_log_grows(client, runs):
+    listed = {r["id"]: r for r in client.get("/api/v1/runs").json()["runs"]}
+    assert listed["ldm"]["curves"] is True
+    r = client.get("/api/v1/runs/ldm/curves.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size[0] > 500
+    png_path = client.out / "curves" / "ldm.png"
+    first = png_path.stat().st_mtime
+    assert client.get("/api/v1/runs/ldm/curves.png").content == r.content  # unchanged logs: the same drawing
+    log = runs / "ldm" / "log.csv"
+    stat = log.stat()
+    try:
+        time.sleep(0.02)
+        log.touch()
+        assert client.get("/api/v1/runs/ldm/curves.png").status_code == 200
+        assert png_path.stat().st_mtime > first
+    finally:
+        import os
+
+        os.utime(log, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    r = client.get("/api/v1/runs/nothing/curves.png")
+    assert r.status_code == 404 and "no run 'nothing'" in r.json()["error"]
+    assert client.get("/api/v1/runs/..%2Fldm/curves.png").status_code == 404  # an id, never a path
+
+
 def test_cancel_a_queued_and_a_running_job_and_the_queue_bound(client):
     engine = client.engine
     with engine.compute:  # the worker cannot start anything: jobs wait in the queue

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -423,6 +424,24 @@ def create_app(runs: list[ServedRun], out: str | Path, token: str | None = None,
         return {"images": [{**r, "url": f"/api/v1/images/{r['id']}",
                             "gif": f"/api/v1/images/{r['id']}.gif" if r.get("frames", 1) > 1 else None}
                            for r in rows]}
+
+    curves_lock = threading.Lock()  # pyplot's figures are process-wide state; one drawing at a time
+
+    @app.get("/api/v1/runs/{run_id}/curves.png")
+    def run_curves(run_id: str) -> FileResponse:
+        run = engine.runs.get(run_id)
+        if run is None:
+            raise Bad(404, f"no run {run_id[:80]!r} on this server; GET /api/v1/runs lists them")
+        logs = [run.path / n for n in ("log.csv", "eval.csv") if (run.path / n).is_file()]
+        if not logs:
+            raise Bad(404, f"run {run.id} has no log.csv, so no training curves to draw")
+        png = Path(out) / "curves" / f"{run.id}.png"  # redrawn when the run's logs are newer (a run still training)
+        with curves_lock:
+            if not png.is_file() or png.stat().st_mtime < max(p.stat().st_mtime for p in logs):
+                from t2i.eval.report import curves
+
+                curves([run.path], png)
+        return FileResponse(png, media_type="image/png")
 
     @app.get("/api/v1/images/{image_id}")
     def image(image_id: str) -> FileResponse:

@@ -57,6 +57,7 @@ class ServedRun:
                                "summary": self.family.summary, "stages": list(self.family.stages),
                                "eval": self.summary}
         out["parameters"] = self.parameters
+        out["curves"] = (self.path / "log.csv").is_file()  # GET /api/v1/runs/{id}/curves.png draws them
         if self.generator:
             out["tasks"] = list(self.pipe.tasks)
             out["options"] = options_schema(self.pipe, limits, scorers)
