@@ -219,3 +219,51 @@ def test_training_times_span_the_schedules_sampling_range(schedule_name):
 
     training_loss(net, torch.zeros(2, 3, dtype=F64), None, schedule, t_density=EndpointDensity())
     torch.testing.assert_close(seen[0], torch.tensor([schedule.t_min, schedule.t_max], dtype=F64))
+
+
+def test_self_conditioning_trains_half_the_batch_on_the_nets_own_first_guess():
+    schedule = FlowSchedule()
+    calls: list = []
+
+    def net(x, t, self_cond, context):
+        calls.append((x.clone(), self_cond.clone(), context.clone(), torch.is_grad_enabled()))
+        return 0.5 * x + context[:, :1, None, None]  # an x0 guess that depends on the rows it is given
+
+    x0 = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    context = torch.arange(64, dtype=F64)[:, None].expand(64, 4).clone()
+    loss = training_loss(net, x0, {"context": context}, schedule, "x0", generator=torch.Generator().manual_seed(1),
+                         self_cond=True)
+    assert loss.shape == (64,) and len(calls) == 2
+    (x_first, sc_first, ctx_first, grad_first), (x_t, sc, ctx, grad) = calls
+    assert not grad_first and grad  # the first guess carries no gradient
+    assert (sc_first == 0).all()  # it is made as a sampler's first step is: from x_t alone
+    kept = ctx_first[:, 0].long()  # the rows the first pass saw, told apart by their context
+    assert 16 < len(kept) < 48  # about half of the batch
+    assert torch.equal(x_first, x_t[kept]) and torch.equal(ctx, context)
+    assert torch.allclose(sc[kept], 0.5 * x_t[kept] + ctx[kept, :1, None, None])  # the guess is the second input
+    others = torch.ones(64, dtype=torch.bool)
+    others[kept] = False
+    assert (sc[others] == 0).all()
+    # Off (the default), the net is called once and never given a guess.
+    calls.clear()
+    training_loss(lambda x, t, context: x, x0, {"context": context}, schedule, "x0")
+    assert calls == []
+
+
+def test_a_self_conditioned_denoiser_gets_its_previous_guess():
+    from t2i.diffusion.objectives import Denoiser
+
+    seen: list = []
+
+    def net(x, t, self_cond):
+        seen.append(self_cond.clone())
+        return x + 1.0  # x0 objective: the output is the guess
+
+    den = Denoiser(net, FlowSchedule(), "x0", self_cond=True)
+    x = torch.zeros(2, 3, 4, 4)
+    first = den(x, 1.0)
+    second = den(x + 0.5, 0.5)
+    assert (seen[0] == 0).all() and torch.equal(seen[1], first)
+    assert not torch.equal(first, second)
+    assert den(torch.zeros(4, 3, 4, 4), 1.0).shape == (4, 3, 4, 4)  # another batch: starts from zeros
+    assert (seen[2] == 0).all()

@@ -123,7 +123,7 @@ def test_curves_read_every_stage_and_the_probes(runs, tmp_path, capsys):
 
     from t2i.eval.report import _smooth, training_curves
 
-    ldm, clip = runs
+    ldm, _ = runs
     logged = list(csv.DictReader((ldm / "log.csv").open()))
     loss, probes = training_curves([ldm])
     assert [label for label, _, _ in loss] == list(dict.fromkeys(r["stage"] for r in logged))

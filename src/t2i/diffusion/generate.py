@@ -120,7 +120,9 @@ def denoise(net: Callable[..., Tensor], schedule: Schedule, objective: str, seed
         with autocast(device, cfg.precision):
             return net(*args, **kwargs).float()
 
-    model = CFGDenoiser(Denoiser(net_amp, schedule, objective), cfg.guidance, threshold_of(cfg), constrain, guide)
+    self_cond = bool(getattr(net, "self_cond", False))  # a net trained with self-conditioning says so
+    model = CFGDenoiser(Denoiser(net_amp, schedule, objective, self_cond), cfg.guidance, threshold_of(cfg),
+                        constrain, guide)
     # Ancestral samplers' noise, one generator per image: an image depends on its seed, not on its batch.
     gen = [torch.Generator(device).manual_seed((s * 7919 + 1) % 2**63) for s in seeds]
     show = to_pixels or ((lambda x0: x0) if shape[0] == 3 else None)

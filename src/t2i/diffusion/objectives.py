@@ -163,12 +163,18 @@ def training_loss(
     t_density: TimeDensity | None = None,
     generator: torch.Generator | None = None,
     gamma: float = 5.0,
+    self_cond: bool = False,
 ) -> Tensor:
     """Per-sample diffusion loss, shape [B]: noise x0 at a random t, score the net's `objective` output.
 
     t is drawn from `t_density` on [0, 1] and mapped affinely onto the schedule's [t_min, t_max], the
     same range the samplers visit. The net is called as ``net(x_t, t, **cond)`` with t of shape [B].
     Returning per-sample values lets callers average, or bin the loss by t.
+
+    `self_cond` (Chen et al. 2022, "Analog Bits"): for a random half of the batch the net first guesses x0
+    from x_t alone, without gradient, and is then trained with that guess as its `self_cond` input; the
+    other half gets zeros, which is what a sampler's first step gives it. While sampling, `Denoiser` passes
+    the previous step's guess, so the net refines a layout instead of deciding it again at every step.
     """
     t_density = t_density or TimeDensity()
     u = t_density.sample(x0.shape[0], generator, device=x0.device, dtype=x0.dtype)
@@ -176,7 +182,19 @@ def training_loss(
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     a, s = append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim)
-    out = net(a * x0 + s * eps, t, **(cond or {}))
+    x_t = a * x0 + s * eps
+    cond = dict(cond or {})
+    if self_cond:
+        keep = torch.rand(x0.shape[0], generator=generator, device=x0.device) < 0.5
+        guess = torch.zeros_like(x0)
+        if keep.any():
+            rows = {k: v[keep] if isinstance(v, Tensor) and v.ndim and v.shape[0] == x0.shape[0] else v
+                    for k, v in cond.items()}
+            with torch.no_grad():
+                first = net(x_t[keep], t[keep], self_cond=guess[keep], **rows)
+                guess[keep] = to_x0_eps(objective, first, x_t[keep], a[keep], s[keep])[0].to(guess.dtype)
+        cond["self_cond"] = guess
+    out = net(x_t, t, **cond)
     target = prediction_target(objective, x0, eps, a, s)
     weight = loss_weight(weighting, objective, alpha, sigma, gamma)
     return weight * (out - target).square().flatten(1).mean(1)
@@ -191,12 +209,17 @@ class Denoiser(nn.Module):
     preconditioning idea: the sampler only ever sees the VE process; schedule and target live here.
     """
 
-    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, objective: str) -> None:
+    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, objective: str, self_cond: bool = False) -> None:
         super().__init__()
         _check_objective(objective)
         self.net = net
         self.schedule = schedule
         self.objective = objective
+        # A self-conditioned net (`training_loss(self_cond=True)`) is given its own previous x0 guess. One
+        # Denoiser serves one sampling run, so the guess it keeps is that run's; CFG's doubled batch keeps
+        # each branch's own guess in its own rows.
+        self.self_cond = self_cond
+        self.guess: Tensor | None = None
 
     def forward(self, x: Tensor, sigma: Tensor | float, **extra: Any) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -204,5 +227,11 @@ class Denoiser(nn.Module):
         alpha, sig = self.schedule.alpha_sigma_from_sigma_ve(sigma)
         alpha, sig = append_dims(alpha, x.ndim), append_dims(sig, x.ndim)
         x_t = alpha * x
+        if self.self_cond:
+            fits = self.guess is not None and self.guess.shape == x.shape
+            extra = {**extra, "self_cond": self.guess if fits else torch.zeros_like(x)}
         out = self.net(x_t, t, **extra)
-        return to_x0_eps(self.objective, out, x_t, alpha, sig)[0]
+        x0 = to_x0_eps(self.objective, out, x_t, alpha, sig)[0]
+        if self.self_cond:
+            self.guess = x0.detach()
+        return x0

@@ -66,6 +66,9 @@ class PixelModelConfig:
                                                                 attention_levels=(1, 2), text_attention="concat"))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(sigma_max=None))
+    # Self-conditioning (`t2i.diffusion.objectives.training_loss`): the denoiser also reads its own previous
+    # x0 guess; half the training batch pays a second, gradient-free forward pass for it.
+    self_cond: bool = False
 
     def validate(self, where: str) -> None:
         require(self.backbone in ("dit", "unet"), where, "backbone", "must be dit or unet", self.backbone)
@@ -100,13 +103,13 @@ def build_net(model: PixelModelConfig, side: int, text: nn.Module, context_dim: 
     more input channels (the SR stage's 3 of the upsampled low-res image, the inpainting variant's 4) and, for
     the SR stage, embedding the augmentation level. `channels`: of the image it denoises (3 for pixels; a
     latent decoder's latent channels, at the latent side)."""
-    common = {"in_channels": channels + extra_in, "out_channels": channels, "context_dim": context_dim,
-              "pooled_dim": pooled_dim, "aug_embed": aug}
+    common = {"in_channels": channels * (2 if model.self_cond else 1) + extra_in, "out_channels": channels,
+              "context_dim": context_dim, "pooled_dim": pooled_dim, "aug_embed": aug}
     if model.backbone == "dit":
         backbone: nn.Module = DiT(dataclasses.replace(model.dit, input_size=side, **common))
     else:
         backbone = UNet(dataclasses.replace(model.unet, **common))
-    return TextDenoiser(text, backbone)
+    return TextDenoiser(text, backbone, self_cond=model.self_cond)
 
 
 def low_res_input(images: Tensor, low_side: int) -> Tensor:

@@ -99,18 +99,22 @@ class TextDenoiser(nn.Module):
     a frozen language model's states; a module that appends tokens of its own (unCLIP's embedding tokens)
     also returns the widened mask. `channels` are concatenated to x_t's (the SR stage's upsampled low-res
     image, the inpainting variant's masked image and mask); `aug`, the SR input's noise level, goes to the
-    backbone."""
+    backbone. With `self_cond` the backbone also reads the net's own previous x0 guess (zeros when none is
+    given), between x_t and `channels`, so an inpainting variant widened from the base keeps its columns."""
 
-    def __init__(self, text: TextEncoderConfig | nn.Module, backbone: nn.Module):
+    def __init__(self, text: TextEncoderConfig | nn.Module, backbone: nn.Module, self_cond: bool = False):
         super().__init__()
         self.text_encoder = TextEncoder(text) if isinstance(text, TextEncoderConfig) else text
         self.unet = backbone  # the name saved runs' weights use, whichever backbone it holds
+        self.self_cond = self_cond
 
     def forward(self, x: Tensor, t: Tensor, mask: Tensor, channels: Tensor | None = None,
-                aug: Tensor | None = None, **text: Tensor) -> Tensor:
+                aug: Tensor | None = None, self_cond: Tensor | None = None, **text: Tensor) -> Tensor:
         mask, text = trim_padding(mask, text)
         tokens, pooled, *rest = self.text_encoder(mask=mask, **text)
         mask = rest[0] if rest else mask  # a text module that adds context tokens (unCLIP's) widens the mask
+        if self.self_cond:
+            x = torch.cat([x, torch.zeros_like(x) if self_cond is None else self_cond.to(x.dtype)], dim=1)
         if channels is not None:
             x = torch.cat([x, channels.to(x.dtype)], dim=1)
         extra = {} if aug is None else {"aug": aug}
@@ -140,8 +144,8 @@ class TextDiffusionStage(nn.Module):
         cond = {k: apply_null_condition(v.to(x0.device), self.null[k].to(x0.device), drop)
                 for k, v in self.text.from_batch(batch).items()}
         cond.update(self.extra(batch, x0, generator))
-        loss = training_loss(self.net, x0, cond, self.schedule, self.cfg.objective,
-                             self.cfg.weighting, self.t_density, generator, self.cfg.gamma)
+        loss = training_loss(self.net, x0, cond, self.schedule, self.cfg.objective, self.cfg.weighting,
+                             self.t_density, generator, self.cfg.gamma, getattr(self.net, "self_cond", False))
         return {"loss": loss.mean()}
 
 
