@@ -266,11 +266,8 @@ def test_object_masks_cover_one_whole_object():
         assert m.sum() < 16 * 16  # and not much else
 
 
-def test_glide_inpaints_keeps_the_rest_and_rejects_bad_masks(tmp_path):
-    import numpy as np
-
-    run = tmp_path / "glide"
-    t2i("train", "--family", "glide", "--preset", "tiny", "--out", str(run), "-q")
+def _inpaint_scene(run: Path, tmp_path: Path) -> tuple[Image.Image, Image.Image, Path]:
+    """A red square at the top left, the bottom right masked; `run` inpaints it through the CLI."""
     scene = Image.new("RGB", (64, 64), (245, 245, 245))
     scene.paste((220, 30, 30), (8, 8, 24, 24))
     mask = Image.new("L", (64, 64), 0)
@@ -280,6 +277,15 @@ def test_glide_inpaints_keeps_the_rest_and_rejects_bad_masks(tmp_path):
     out = tmp_path / "out.png"
     t2i("generate", str(run), "a red square and a blue circle", "--init-image", str(tmp_path / "scene.png"),
         "--mask", str(tmp_path / "mask.png"), "--out", str(out))
+    return scene, mask, out
+
+
+def test_glide_inpaints_keeps_the_rest_and_rejects_bad_masks(tmp_path):
+    import numpy as np
+
+    run = tmp_path / "glide"
+    t2i("train", "--family", "glide", "--preset", "tiny", "--out", str(run), "-q")
+    scene, mask, out = _inpaint_scene(run, tmp_path)
     a, b = np.asarray(Image.open(out), dtype=float), np.asarray(scene, dtype=float)
     keep = np.asarray(mask) == 0
     assert np.abs(a - b)[keep].mean() <= 3.0
@@ -431,13 +437,6 @@ def test_a_self_conditioned_glide_trains_samples_and_inpaints(tmp_path):
     pipe(["a red circle"], seed=0, stop_at="base")
     hook.remove()
     assert seen[0] == 0 and all(s > 0 for s in seen[1:])  # zeros at the first step, then the previous guess
-    scene = Image.new("RGB", (64, 64), (245, 245, 245))
-    scene.paste((220, 30, 30), (8, 8, 24, 24))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (36, 36, 60, 60))
-    scene.save(tmp_path / "scene.png")
-    mask.save(tmp_path / "mask.png")
-    t2i("generate", str(run), "a red square and a blue circle", "--init-image", str(tmp_path / "scene.png"),
-        "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png"))
-    a, b = np.asarray(Image.open(tmp_path / "out.png"), dtype=float), np.asarray(scene, dtype=float)
+    scene, mask, out = _inpaint_scene(run, tmp_path)
+    a, b = np.asarray(Image.open(out), dtype=float), np.asarray(scene, dtype=float)
     assert np.abs(a - b)[np.asarray(mask) == 0].mean() <= 3.0
