@@ -44,7 +44,13 @@ def preset_changes(run: str | Path) -> str:
     return ", ".join(f"{k}={v}" for k, v in ran.items() if preset.get(k) != v) or "(the preset)"
 
 
-def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
+def compare(runs: list[str], stop_at: str | None = None, reuse: bool = False) -> list[str]:
+    """ShapesBench of each run side by side (all 600 prompts, the run's default sampling). `reuse`: a run's
+    evaluation already written by this comparison (RUN/eval/bench_<stage>.json, newer than every weight
+    file of the run) is read instead of generated again, so runs that finish at different times can be scored
+    as each finishes and recorded together."""
+    import json
+
     from t2i.eval.runs import evaluate
     from t2i.train.rundir import read_meta
 
@@ -54,7 +60,13 @@ def compare(runs: list[str], stop_at: str | None = None) -> list[str]:
     for run in runs:
         meta = read_meta(run)
         enc = meta.get("text_encoder", {})
-        res = evaluate(run, progress=False, **({"stop_at": stop_at, "out_name": f"bench_{stop_at}"} if stop_at else {}))
+        name = f"bench_{stop_at}" if stop_at else "shapesbench"
+        done = Path(run) / "eval" / f"{name}.json"
+        weights = [p.stat().st_mtime for p in Path(run).glob("*.safetensors")]
+        if reuse and done.is_file() and done.stat().st_mtime > max(weights, default=0):
+            res = json.loads(done.read_text())
+        else:
+            res = evaluate(run, progress=False, **({"stop_at": stop_at, "out_name": name} if stop_at else {}))
         out.append(f"| `{run}` | `{preset_changes(run)}` | {enc.get('kind', '?')} (width {enc.get('width', '?')}) | "
                    f"{meta['train_seconds'].get('base', 0) / 60:.1f} ({sum(meta['train_seconds'].values()) / 60:.1f}) | "
                    + " | ".join(f"{v:.3f}" for v in res["kinds"].values())
@@ -195,6 +207,8 @@ def main() -> None:
     ap.add_argument("--family", choices=["glide", "imagen"], default="glide")
     ap.add_argument("--title", default="Imagen's text-encoder comparison (same preset and budget)",
                     help="with --compare: the recorded block's title")
+    ap.add_argument("--reuse", action="store_true", help="with --compare: read a run's evaluation this comparison "
+                    "already wrote (newer than its weights) instead of generating it again")
     ap.add_argument("--stop-at", default=None, help="with --compare: score this stage's images (base)")
     ap.add_argument("--backbones", action="store_true", help="only time the candidate pixel backbones")
     ap.add_argument("--backbone-filter", help="with --backbones: comma list of name parts, e.g. 'DiT 256x4'")
@@ -225,7 +239,7 @@ def main() -> None:
     if args.compare:
         what = f", scored at the {args.stop_at} stage" if args.stop_at else ""
         record(f"{args.title}{what}, 600 prompts each",
-               compare(args.compare.split(","), args.stop_at), args.record)
+               compare(args.compare.split(","), args.stop_at, args.reuse), args.record)
         return
     if args.base_arms:
         record(f"{args.family} base stage, side by side", base_arms(
