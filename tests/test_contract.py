@@ -27,6 +27,16 @@ def test_every_family_is_a_complete_record():
         assert fam.kind == "scorer" or issubclass(fam.options, Options)
 
 
+def same_image(a: Image.Image, b: Image.Image) -> bool:
+    """Equal up to the last rounding step. The math does not depend on the batch, but a CPU's fp32 GEMM may
+    block a batch of 1 and of 2 differently: on an AVX2-only EPYC (2026-12-06) LDM tiny's image differed
+    by 1/255 in 0.008% of its values. A batch or seed mix-up changes far more than that."""
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    return x.shape == y.shape and np.abs(x - y).max() <= 1 and (x != y).mean() < 0.01
+
+
 def test_family_trains_loads_and_does_its_job(trained):
     fam, run = trained
     thing = load(run)
@@ -44,8 +54,8 @@ def test_family_trains_loads_and_does_its_job(trained):
     assert [im.size for im in images] == [(side, side)] * 2 and side >= 32
     assert isinstance(score_image(images[0], "a red circle"), tuple)
     again = thing(["two blue squares"], seeds=[1], options=thing.options(candidates=1))
-    assert again[0].tobytes() == images[1].tobytes()  # image i depends on its seed, not on its batch
-    assert thing("a red circle", seed=0, candidates=1)[0].tobytes() == images[0].tobytes()  # a string: one prompt
+    assert same_image(again[0], images[1])  # image i depends on its seed, not on its batch
+    assert same_image(thing("a red circle", seed=0, candidates=1)[0], images[0])  # a string: one prompt
 
 
 def test_bad_option_is_a_one_line_error_on_the_cli(trained, cli, tmp_path):
