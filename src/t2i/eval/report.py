@@ -332,13 +332,6 @@ def compare(runs: list[str | Path], out: str | Path) -> list[dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------------- curves
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _number(text: str | None) -> float | None:
     try:
         return float(text) if text not in (None, "") else None
@@ -362,7 +355,7 @@ def training_curves(runs: list[str | Path], smooth: int = 10) -> tuple[list[Line
     """(loss lines, probe lines), each (label, xs, ys): every stage's loss against its steps from log.csv,
     smoothed over `smooth` logged points, and the probe benchmark against training minutes from eval.csv
     (ShapesBench's overall where logged, else every task's column, as NUWA logs them)."""
-    from t2i.train.rundir import read_meta
+    from t2i.train.rundir import read_log, read_meta
 
     if not runs:
         raise UserError("give at least one run folder")
@@ -375,24 +368,33 @@ def training_curves(runs: list[str | Path], smooth: int = 10) -> tuple[list[Line
             raise UserError(f"{run} has no log.csv: give a run folder that has trained at least one step")
         read_meta(run)  # a one-line error for a folder that is not a run
         name = run.name if len(runs) > 1 else ""
-        stages: dict[str, list[tuple[float, float]]] = {}
-        for row in _read_csv(log):
-            step, loss = _number(row.get("step")), _number(row.get("loss"))
-            if step is not None and loss is not None:
-                stages.setdefault(row["stage"], []).append((step, loss))
-        for stage, points in stages.items():
-            loss_lines.append((f"{name} {stage}".strip(), [p[0] for p in points],
-                               _smooth([p[1] for p in points], smooth)))
+        for stage, rows in _by_stage(read_log(log)).items():
+            xs, ys = _points(rows, "step", "loss")
+            if xs:
+                loss_lines.append((f"{name} {stage}".strip(), xs, _smooth(ys, smooth)))
         probes = run / "eval.csv"
-        for stage, rows in _group(_read_csv(probes) if probes.is_file() else []).items():
+        for stage, rows in _by_stage(read_log(probes) if probes.is_file() else []).items():
             metrics = [k for k in rows[0] if k not in ("stage", "step", "train_minutes")]
             for m in ["shapesbench"] if "shapesbench" in metrics else metrics:
-                pts = [(_number(x["train_minutes"]), _number(x.get(m))) for x in rows]
-                pts = [(a, b) for a, b in pts if a is not None and b is not None]
-                if pts:
-                    label = " ".join(p for p in (name, stage, "" if m == "shapesbench" else m) if p)
-                    probe_lines.append((label, [a for a, _ in pts], [b for _, b in pts]))
+                xs, ys = _points(rows, "train_minutes", m)
+                if xs:
+                    probe_lines.append((" ".join(p for p in (name, stage, "" if m == "shapesbench" else m) if p),
+                                        xs, ys))
     return loss_lines, probe_lines
+
+
+def _by_stage(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(row["stage"], []).append(row)
+    return groups
+
+
+def _points(rows: list[dict[str, str]], x: str, y: str) -> tuple[list[float], list[float]]:
+    """The rows' (x, y) pairs where both are numbers: a stage logs only some of the file's columns."""
+    pairs = [(_number(r.get(x)), _number(r.get(y))) for r in rows]
+    kept = [(a, b) for a, b in pairs if a is not None and b is not None]
+    return [a for a, _ in kept], [b for _, b in kept]
 
 
 def curves(runs: list[str | Path], out: str | Path, smooth: int = 10) -> Path:
@@ -431,10 +433,3 @@ def curves(runs: list[str | Path], out: str | Path, smooth: int = 10) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def _group(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
-    groups: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        groups.setdefault(row["stage"], []).append(row)
-    return groups

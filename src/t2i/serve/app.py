@@ -432,9 +432,9 @@ def create_app(runs: list[ServedRun], out: str | Path, token: str | None = None,
         run = engine.runs.get(run_id)
         if run is None:
             raise Bad(404, f"no run {run_id[:80]!r} on this server; GET /api/v1/runs lists them")
-        logs = [run.path / n for n in ("log.csv", "eval.csv") if (run.path / n).is_file()]
-        if not logs:
+        if not (run.path / "log.csv").is_file():
             raise Bad(404, f"run {run.id} has no log.csv, so no training curves to draw")
+        logs = [run.path / n for n in ("log.csv", "eval.csv") if (run.path / n).is_file()]
         png = Path(out) / "curves" / f"{run.id}.png"  # redrawn when the run's logs are newer (a run still training)
         with curves_lock:
             if not png.is_file() or png.stat().st_mtime < max(p.stat().st_mtime for p in logs):

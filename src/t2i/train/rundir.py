@@ -108,11 +108,16 @@ class RunLock:
             self.held = False
 
 
+def read_log(path: Path) -> list[dict[str, str]]:
+    """A CSV log's rows (log.csv, eval.csv) under its header; a column a stage does not log reads ''."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def widen_log(path: Path, fields: list[str]) -> list[str]:
     """Rewrite a CSV log under the header `fields` (its own plus new columns, empty in the old rows),
     atomically; returns `fields`."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_log(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
