@@ -143,6 +143,8 @@ def test_curves_read_every_stage_and_the_probes(runs, tmp_path, capsys):
     assert Image.open(tmp_path / "c.png").size[0] > 1000  # two panels
     assert main(["curves", str(tmp_path / "nothing"), "--out", str(tmp_path / "d.png")]) == 2
     assert "has no log.csv" in capsys.readouterr().err and not (tmp_path / "d.png").exists()
+    assert main(["curves", str(ldm), "--smooth", "0", "--out", str(tmp_path / "e.png")]) == 2
+    assert "--smooth must be at least 1" in capsys.readouterr().err and not (tmp_path / "e.png").exists()
 
 
 def test_smooth_is_a_trailing_mean():

@@ -359,6 +359,8 @@ def training_curves(runs: list[str | Path], smooth: int = 10) -> tuple[list[Line
 
     if not runs:
         raise UserError("give at least one run folder")
+    if smooth < 1:
+        raise UserError(f"--smooth must be at least 1 logged point (1 = no smoothing), got {smooth}")
     loss_lines: list[Line] = []
     probe_lines: list[Line] = []
     for r in runs:
